@@ -1,0 +1,91 @@
+"""Input checks shared by every explainer: each names the problem and the fix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["check_image", "check_class_logits", "resolve_targets"]
+
+_AXES = {1: "(B, C, L)", 2: "(B, C, H, W)", 3: "(B, C, D, H, W)"}
+
+
+def check_image(x: torch.Tensor, spatial_dims: int | None = None, name: str = "image") -> int:
+    """Check a batch ``(B, C, *spatial)`` and return its number of spatial dimensions.
+
+    Raises:
+        TypeError: not a tensor.
+        ValueError: empty batch, wrong number of dimensions, non-float dtype, NaN or Inf values.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"The {name} must be a torch.Tensor of shape (B, C, *spatial), got {type(x).__name__}.")
+    if spatial_dims is None:
+        spatial_dims = x.ndim - 2
+        if spatial_dims not in _AXES:
+            raise ValueError(
+                f"The {name} must be a batch (B, C, *spatial) with 1 to 3 spatial dims, got shape "
+                f"{tuple(x.shape)}. Add the batch and channel axes, e.g. x[None, None] for one 2D image."
+            )
+    elif x.ndim != spatial_dims + 2:
+        raise ValueError(
+            f"The {name} has shape {tuple(x.shape)} but spatial_dims={spatial_dims} expects "
+            f"{_AXES.get(spatial_dims, f'{spatial_dims + 2} dims')}. Add the missing batch/channel axes "
+            f"or set spatial_dims={x.ndim - 2}."
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"The {name} batch is empty (shape {tuple(x.shape)}): pass at least one case.")
+    if any(s == 0 for s in x.shape[1:]):
+        raise ValueError(f"The {name} has an empty channel or spatial axis: shape {tuple(x.shape)}.")
+    if not torch.is_floating_point(x):
+        raise ValueError(f"The {name} must be floating point, got {x.dtype}: convert it with x.float().")
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = (~finite).reshape(x.shape[0], -1).sum(1)
+        cases = [int(i) for i in torch.nonzero(bad).flatten()[:5]]
+        raise ValueError(
+            f"The {name} holds NaN or Inf values ({int(bad.sum())} voxels, in case(s) {cases}). "
+            f"Fix the preprocessing (e.g. ScaleIntensity on a constant image) or replace them with "
+            f"torch.nan_to_num before explaining."
+        )
+    return spatial_dims
+
+
+def check_class_logits(out: object, batch: int, what: str = "classifier") -> torch.Tensor:
+    """Check that a classifier returned ``(B, num_classes)`` logits and return them."""
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"The {what} must return a tensor of logits (B, num_classes), got {type(out).__name__}.")
+    if out.ndim != 2 or out.shape[0] != batch:
+        raise ValueError(
+            f"The {what} returned shape {tuple(out.shape)}, expected logits (B, num_classes) with B={batch}. "
+            f"A segmentation network (B, C, *spatial) is explained with SegHiResGradCAM; a network with "
+            f"a pooled output of shape (B, C, 1, 1) needs a flatten at its end."
+        )
+    if out.shape[1] < 2:
+        raise ValueError(
+            f"The {what} returned {out.shape[1]} class logit per case; Med-CAM needs at least 2 classes "
+            f"(softmax over classes). Wrap a single-logit binary classifier to return [-z, z]/2."
+        )
+    return out
+
+
+def resolve_targets(
+    target: int | Sequence[int] | torch.Tensor | None, default: torch.Tensor, num_classes: int
+) -> torch.Tensor:
+    """Per-case target classes ``(B,)``: ``default`` when ``target`` is None, else checked in range."""
+    if target is None:
+        return default
+    t = torch.as_tensor(target, dtype=torch.long, device=default.device).flatten()
+    if t.numel() == 1:
+        t = t.expand(default.shape[0]).clone()
+    if t.numel() != default.shape[0]:
+        raise ValueError(f"Got {t.numel()} target classes for a batch of {default.shape[0]}: give one per case or one for all.")
+    bad = [int(v) for v in t if not 0 <= int(v) < num_classes]
+    if bad:
+        raise ValueError(
+            f"Target class {bad[0]} is out of range: the classifier has {num_classes} classes "
+            f"(valid indices 0..{num_classes - 1})."
+        )
+    return t
