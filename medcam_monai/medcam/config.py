@@ -24,12 +24,12 @@ class LossWeights:
     am: float = 10.0
     min: float = 100.0
     rob: float = 10.0
-    act: float = 1.0
+    act: float = 0.1
     ce: float = 1.0
     kl: float = 1.0
-    area: float = 0.05
-    bin: float = 0.02
-    tv: float = 0.02
+    area: float = 1.0
+    bin: float = 0.1
+    tv: float = 0.1
     rob_ce: float = 1.0
 
     def __post_init__(self) -> None:

@@ -1,0 +1,113 @@
+"""Grad-CAM and HiResCAM for classifiers, on the same core as the segmentation CAMs.
+
+The target is the class score ``Y = y_c`` (a logit, or its softmax/sigmoid probability).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+
+from medcam_monai.cam.core import BaseCAM, as_meta_like
+from medcam_monai.cam.pixel_sets import class_probabilities, resolve_activation
+from medcam_monai.explanation import HEATMAP, Explanation
+from medcam_monai.hooks import LayerRecorder, frozen, gradients_enabled, resolve_layer
+from medcam_monai.validation import check_image
+
+__all__ = ["GradCAM", "HiResCAM", "check_classifier_output", "resolve_classifier_classes"]
+
+
+def check_classifier_output(out: object, batch: int) -> torch.Tensor:
+    """The classifier's logits ``(B, num_classes)`` (first tensor of a tuple output)."""
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"The classifier must return logits (B, num_classes), got {type(out).__name__}.")
+    if out.ndim != 2 or out.shape[0] != batch:
+        raise ValueError(
+            f"The classifier returned shape {tuple(out.shape)}, expected logits (B, num_classes) with B={batch}. "
+            f"A segmentation network (B, C, *spatial) is explained with SegHiResGradCAM or SegGradCAM."
+        )
+    return out
+
+
+def resolve_classifier_classes(classes, logits: torch.Tensor) -> torch.Tensor:
+    """Target classes ``(B, K)``: None is the predicted class; an int, ``K`` ints, or a tensor."""
+    batch, n = logits.shape
+    if classes is None:
+        # a single-logit binary classifier has one score to explain
+        default = logits.argmax(1) if n > 1 else torch.zeros(batch, dtype=torch.long, device=logits.device)
+        return default[:, None]
+    from medcam_monai.cam.segmentation import resolve_seg_classes
+
+    return resolve_seg_classes(classes, batch, n, logits.device)
+
+
+class _ClassifierCAM(BaseCAM):
+    """Gradient CAM of a classifier for one or more classes per case (one forward pass).
+
+    Arguments: see :class:`~medcam_monai.cam.core.BaseCAM`.
+    """
+
+    def __call__(self, x: torch.Tensor, classes: int | Sequence[int] | torch.Tensor | None = None) -> Explanation:
+        """Explain ``x``.
+
+        Args:
+            x: ``(B, C_in, *spatial)`` batch (a ``MetaTensor`` keeps its metadata).
+            classes: None (the predicted class), an int, ``K`` ints, or a ``(B, K)`` tensor.
+
+        Returns:
+            An :class:`Explanation`: ``map`` ``(B, K, *spatial)``, ``layer_map`` ``(B, K, *grid)``,
+            ``target`` ``(B, K)``, ``scores``: ``target_score`` ``(B, K)`` (``Y``) and ``probs``
+            ``(B, num_classes)``.
+        """
+        start = time.perf_counter()
+        check_image(x)
+        xt = x.as_tensor() if hasattr(x, "as_tensor") else x
+        with frozen(self.model), gradients_enabled():
+            xt = xt.detach().clone()
+            layer = self._layer_name(xt[:1])
+            resolve_layer(self.model, layer)
+            with LayerRecorder(self.model, [layer], as_leaf=True) as rec:
+                out, acts = self._forward(rec, layer, xt)
+            out = check_classifier_output(out, xt.shape[0])
+            self._check_depends_on_input(layer, xt, acts)
+            activation = resolve_activation(self.activation, out.shape[1])
+            cls = resolve_classifier_classes(classes, out.detach())
+            scores = class_probabilities(out, activation) if self.use_probabilities else out
+            b = torch.arange(xt.shape[0])
+            maps, values = [], []
+            for k in range(cls.shape[1]):
+                y = scores[b, cls[:, k]]
+                grads = self._gradient(y.sum(), acts, layer, retain=k < cls.shape[1] - 1)
+                maps.append(self._layer_cam(grads, acts, xt.shape[2:]))
+                values.append(y.detach())
+        raw = torch.stack(maps, 1)
+        layer_map, full_map = self._finish(raw, self._upsample(raw, xt.shape[2:]))
+        return Explanation(
+            map=as_meta_like(x, full_map),
+            kind=HEATMAP,
+            method=self.method,
+            target=cls,
+            scores={"target_score": torch.stack(values, 1), "probs": class_probabilities(out.detach(), activation)},
+            layer_map=layer_map,
+            seconds=time.perf_counter() - start,
+            settings={**self.settings(), "layer": layer},
+        )
+
+
+class GradCAM(_ClassifierCAM):
+    """Grad-CAM: ``L = sum_k alpha_k A^k`` with ``alpha_k`` the spatial mean of ``dy_c/dA^k``."""
+
+    method = "grad_cam"
+    pooled = True
+
+
+class HiResCAM(_ClassifierCAM):
+    """HiResCAM: ``L = sum_k dy_c/dA^k * A^k`` element-wise (faithful to ``y_c``: for global average
+    pooling then a linear head, ``sum_p L(p) = y_c - b_c``)."""
+
+    method = "hires_cam"
+    pooled = False

@@ -1,0 +1,150 @@
+"""Which layer a CAM is taken at: documented defaults per MONAI segmentation family, token maps.
+
+The default is the deepest feature level of the network (the coarsest encoder output, where the
+features are most semantic), named as a ``named_modules()`` entry so the network is never edited:
+
+============== ============================================= ===========================================
+family         default layer                                 why
+============== ============================================= ===========================================
+UNet           innermost ``model.1(.submodule.1)*.submodule`` the bottom block inside the nested skips
+AttentionUnet  same walk as UNet                             the bottom ``ConvBlock``
+BasicUNet      ``down_4``                                    the last encoder stage (stride 16)
+SegResNet      ``down_layers.<last>``                        the last encoder stage
+DynUNet        ``bottleneck``                                the deepest block
+UNETR          ``vit``                                       ViT tokens ``(B, N, D)``, reshaped to the
+                                                             patch grid (``encoder10`` does not exist)
+SwinUNETR      ``encoder10``                                 the conv block on the deepest Swin stage
+============== ============================================= ===========================================
+
+Other networks fall back to :func:`deepest_spatial_layer`: the last-run layer with the smallest
+spatial output that is not the network's output (tokens when no spatial output exists).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from medcam_monai.hooks import unwrap_model
+
+__all__ = ["DEFAULT_LAYERS", "default_layer", "deepest_spatial_layer", "tokens_to_grid", "as_feature_map"]
+
+DEFAULT_LAYERS = {
+    "BasicUNet": "down_4",
+    "DynUNet": "bottleneck",
+    "UNETR": "vit",
+    "SwinUNETR": "encoder10",
+}
+
+
+def _nested_unet_bottom(model: nn.Module) -> str | None:
+    """The bottom block of MONAI's recursive ``UNet``/``AttentionUnet`` (``model[1]`` holds the skips)."""
+    modules = dict(model.named_modules())
+    name = "model.1"
+    if not hasattr(modules.get(name), "submodule"):
+        return None
+    while True:
+        sub = f"{name}.submodule"
+        block = modules[sub]
+        if isinstance(block, nn.Sequential) and len(block) > 1 and hasattr(block[1], "submodule"):
+            name = f"{sub}.1"
+        else:
+            return sub
+
+
+def default_layer(model: nn.Module, x: torch.Tensor | None = None) -> str:
+    """The documented default layer of ``model`` (see the module docstring).
+
+    Args:
+        model: the network (DDP unwrapped).
+        x: an example input ``(B, C, *spatial)``, needed only for networks outside the table.
+    """
+    model = unwrap_model(model)
+    family = type(model).__name__
+    if family in ("UNet", "AttentionUnet"):
+        bottom = _nested_unet_bottom(model)
+        if bottom is not None:
+            return bottom
+    if family == "SegResNet" and hasattr(model, "down_layers"):
+        return f"down_layers.{len(model.down_layers) - 1}"
+    if family in DEFAULT_LAYERS and DEFAULT_LAYERS[family] in dict(model.named_modules()):
+        return DEFAULT_LAYERS[family]
+    if x is None:
+        raise ValueError(f"No default layer is known for {family}: pass `layer=` or an example input.")
+    return deepest_spatial_layer(model, x)
+
+
+def deepest_spatial_layer(model: nn.Module, x: torch.Tensor) -> str:
+    """The last-run layer with the smallest spatial output, excluding outputs on the input grid's size
+    with the network output's shape (one no-grad forward of ``x``)."""
+    model = unwrap_model(model)
+    fired: list[tuple[str, tuple[int, ...]]] = []
+    handles = []
+    for name, module in model.named_modules():
+        if name:
+
+            def hook(module, inputs, output, name=name):
+                if isinstance(output, torch.Tensor):
+                    fired.append((name, tuple(output.shape)))
+
+            handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    out_shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+    spatial = [(n, s) for n, s in fired if len(s) == x.ndim and max(s[2:]) > 1 and s != out_shape]
+    if spatial:
+        smallest = min(torch.Size(s[2:]).numel() for _, s in spatial)
+        return [n for n, s in spatial if torch.Size(s[2:]).numel() == smallest][-1]
+    tokens = [n for n, s in fired if len(s) == 3 and s[1] > 1]
+    if tokens:
+        return tokens[-1]
+    raise ValueError(
+        f"{type(model).__name__} has no layer with a spatial or token output to explain; name one "
+        f"explicitly (see medcam_monai.hooks.layer_names(model))."
+    )
+
+
+def tokens_to_grid(tokens: torch.Tensor, input_spatial: Sequence[int]) -> torch.Tensor:
+    """Reshape transformer tokens ``(B, N, D)`` to a feature map ``(B, D, *grid)``.
+
+    The grid is the input divided by an isotropic patch size ``p`` (``N == prod(input // p)``); a
+    leading class token (``N == prod + 1``) is dropped. Token order is row-major over the grid, as in
+    MONAI's ``PatchEmbeddingBlock`` and timm's ViTs.
+    """
+    n_tokens = tokens.shape[1]
+    for p in range(1, max(input_spatial) + 1):
+        if any(s % p for s in input_spatial):
+            continue
+        grid = [s // p for s in input_spatial]
+        size = torch.Size(grid).numel()
+        if size == n_tokens:
+            body = tokens
+        elif size + 1 == n_tokens:
+            body = tokens[:, 1:]
+        else:
+            continue
+        return body.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
+    raise ValueError(
+        f"Cannot place {n_tokens} tokens on a grid for an input of spatial size {tuple(input_spatial)}: "
+        f"no isotropic patch size divides it into {n_tokens} (or {n_tokens - 1} plus a class token) "
+        f"patches. Choose a convolutional layer instead."
+    )
+
+
+def as_feature_map(t: torch.Tensor, input_spatial: Sequence[int]) -> torch.Tensor:
+    """A layer output as ``(B, D, *grid)``: feature maps pass through, tokens are placed on their grid."""
+    dims = len(input_spatial)
+    if t.ndim == dims + 2:
+        return t
+    if t.ndim == 3:
+        return tokens_to_grid(t, input_spatial)
+    raise ValueError(
+        f"The layer output has shape {tuple(t.shape)}: neither a feature map (B, C, {'*spatial' if dims else ''}) "
+        f"with {dims} spatial dims nor transformer tokens (B, N, D). Choose another layer."
+    )

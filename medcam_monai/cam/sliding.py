@@ -1,0 +1,271 @@
+"""Whole volumes through a MONAI ``SlidingWindowInferer``, one window-batch of graph at a time.
+
+The inferer's blended prediction is ``P(p) = sum_w beta_w(p) * y_w(p)`` with
+``beta_w = importance / sum_w importance`` (MONAI's blending). ``Y`` depends on the window outputs
+only through ``P``, so ``dY/dA_w = d/dA_w sum_p G(p) * beta_w(p) * y_w(p)`` with ``G = dY/dP`` taken
+at the whole-volume prediction (``G = M`` on channel ``c`` for logits). Each window-batch is
+forwarded with gradient, back-propagated and freed before the next: the gradients are exactly the
+whole-volume ones while memory stays at one window's graph plus the whole-volume buffers.
+
+Steps:
+
+1. When ``M`` depends on the prediction (``Predicted``) or ``Y`` uses probabilities, the bundle's
+   inferer itself predicts the whole input without gradients, and ``M`` is defined on that blended
+   prediction.
+2. Per window-batch: forward with the layer output as a leaf, ``Y_w = sum(G * beta_w * y_w)``, one
+   backward per target. Windows whose ``G`` is zero for every target are skipped (their gradient is
+   zero).
+
+How overlapping windows' maps are combined:
+
+- Seg-HiRes-Grad CAM: window maps are **summed**. Each window's gradient already carries its blend
+  share ``beta_w``, so the sum is ``sum_k dY/dA^k A^k`` of the blended network; e.g. with a 1x1 head
+  it is ``M * (P_c - b_c)``, the whole-input formula on the blended logits.
+- Seg-Grad CAM: ``alpha_k = (1/Z) sum_w sum_p dY/dA_w^k(p)`` over all windows (``Z`` = layer positions
+  covering the volume), then a second no-grad pass maps ``sum_k alpha_k A_w^k`` per window and
+  blends them with the inferer's importance weights, like predictions.
+
+With one window covering the input both equal the direct whole-input result. Under overlap they
+are close for translation-equivariant networks (batch norm in eval mode); a network with instance
+norm normalises each window by its own statistics, so its windows (and their maps) differ from the
+whole input by design, exactly as its sliding-window predictions do.
+
+Windows are resized to the input grid one at a time (linear, the explainer's ``align_corners``).
+``layer_map`` is assembled on the whole-volume layer grid only when every window starts on it
+(``roi`` and window starts multiples of the layer stride); otherwise it is None and the settings say why.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.data.utils import compute_importance_map, dense_patch_slices
+from monai.utils import ensure_tuple_rep, fall_back_tuple
+
+from medcam_monai.cam.core import target_gradient, target_value
+from medcam_monai.cam.layers import as_feature_map
+from medcam_monai.cam.pixel_sets import PixelSet, resolve_activation
+from medcam_monai.hooks import LayerRecorder, resolve_layer
+
+__all__ = ["WindowPlan", "plan_windows", "sliding_window_cam"]
+
+
+class WindowPlan:
+    """The windows, importance map and normaliser of a ``SlidingWindowInferer`` on one input size.
+
+    Args:
+        spatial: the input's spatial size.
+        inferer: a ``monai.inferers.SlidingWindowInferer``.
+        device, dtype: of the importance and count maps.
+
+    Attributes:
+        roi: window size; slices: one tuple of slices per window (MONAI's ``dense_patch_slices``
+        order); importance: ``(*roi)`` blend weights; count: ``(*spatial)`` sum of the weights.
+    """
+
+    def __init__(self, spatial: Sequence[int], inferer, device, dtype) -> None:
+        spatial = tuple(int(s) for s in spatial)
+        dims = len(spatial)
+        self.spatial = spatial
+        self.roi = tuple(int(r) for r in fall_back_tuple(inferer.roi_size, spatial))
+        if len(self.roi) != dims:
+            raise ValueError(f"roi_size {inferer.roi_size} has {len(self.roi)} dims for a {dims}D input.")
+        if any(r > s for r, s in zip(self.roi, spatial)):
+            raise ValueError(
+                f"The input's spatial size {spatial} is smaller than the window {self.roi} on some axis. "
+                f"Pad the input to at least the window (e.g. monai.transforms.SpatialPad({list(self.roi)})) "
+                f"or use a smaller roi_size."
+            )
+        overlap = ensure_tuple_rep(inferer.overlap, dims)
+        interval = tuple(
+            r if r == s else max(int(r * (1 - o)), 1) for r, s, o in zip(self.roi, spatial, overlap)
+        )  # MONAI's scan interval (monai.inferers.utils._get_scan_interval)
+        self.slices = [tuple(s) for s in dense_patch_slices(spatial, self.roi, interval)]
+        weight = getattr(inferer, "roi_weight_map", None)
+        if weight is None:
+            weight = compute_importance_map(self.roi, mode=inferer.mode, sigma_scale=inferer.sigma_scale, device=device, dtype=dtype)
+        self.importance = weight.to(device=device, dtype=dtype).reshape(self.roi)
+        self.count = torch.zeros(spatial, device=device, dtype=dtype)
+        for s in self.slices:
+            self.count[s] += self.importance
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def share(self, s: tuple) -> torch.Tensor:
+        """``beta_w = importance / count`` of window ``s``, ``(*roi)``."""
+        return self.importance / self.count[s]
+
+    def layer_grid(self, grid: Sequence[int]) -> tuple[tuple[int, ...] | None, str]:
+        """The layer stride when every window lands on the whole-volume layer grid, else None and why."""
+        stride = [r // g if g and r % g == 0 else 0 for r, g in zip(self.roi, grid)]
+        if not all(stride):
+            return None, f"window {self.roi} is not a multiple of the layer grid {tuple(grid)}"
+        if any(sp % st for sp, st in zip(self.spatial, stride)):
+            return None, f"input {self.spatial} is not a multiple of the layer stride {tuple(stride)}"
+        if any(sl.start % st for s in self.slices for sl, st in zip(s, stride)):
+            return None, f"window starts are not multiples of the layer stride {tuple(stride)}"
+        return tuple(stride), "assembled on the whole-volume layer grid"
+
+
+def plan_windows(spatial: Sequence[int], inferer, device="cpu", dtype=torch.float32) -> WindowPlan:
+    """The :class:`WindowPlan` of ``inferer`` on an input of spatial size ``spatial``."""
+    return WindowPlan(spatial, inferer, device, dtype)
+
+
+def _window_batches(plan: WindowPlan, batch: int, sw_batch_size: int):
+    """``[(case, slices), ...]`` per window-batch, in MONAI's order (cases outer, windows inner)."""
+    items = [(i // len(plan), plan.slices[i % len(plan)]) for i in range(batch * len(plan))]
+    for start in range(0, len(items), sw_batch_size):
+        yield items[start : start + sw_batch_size]
+
+
+def _gather(t: torch.Tensor, items, lead=(slice(None),)) -> torch.Tensor:
+    return torch.cat([t[(slice(b, b + 1), *lead, *s)] for b, s in items])
+
+
+def sliding_window_cam(cam, x: torch.Tensor, classes, pixel_set: PixelSet, inferer) -> dict:
+    """Run a segmentation CAM (``cam``: a ``SegHiResGradCAM``/``SegGradCAM``) window by window.
+
+    Args:
+        cam: the explainer (its network is already frozen and in eval mode).
+        x: ``(B, C_in, *spatial)`` plain tensor, each spatial size at least the window.
+        classes: see :func:`~medcam_monai.cam.segmentation.resolve_seg_classes`.
+        pixel_set: the pixel set ``M``, defined on the whole-input prediction.
+        inferer: the ``SlidingWindowInferer``.
+
+    Returns:
+        dict with ``layer``, ``map`` ``(B, K, *spatial)``, ``layer_map`` (or None), ``classes``,
+        ``pixels``, ``target_score`` ``(B, K)`` and ``settings``.
+    """
+    from medcam_monai.cam.segmentation import check_segmentation_output, resolve_seg_classes
+
+    model, batch, spatial = cam.model, x.shape[0], tuple(x.shape[2:])
+    plan = plan_windows(spatial, inferer, x.device, x.dtype)
+    first = x[(slice(0, 1), slice(None), *plan.slices[0])]
+    layer = cam._layer_name(first)
+    resolve_layer(model, layer)
+
+    # one window without gradients: the output's form, the layer grid and the dependence check
+    with LayerRecorder(model, [layer]) as rec, torch.no_grad():
+        out0, acts0 = cam._forward(rec, layer, first)
+    out0 = check_segmentation_output(out0, first.shape)
+    cam._check_depends_on_input(layer, first, acts0)
+    grid = tuple(as_feature_map(acts0, plan.roi).shape[2:])
+    n_channels = out0.shape[1]
+    del out0, acts0
+    activation = resolve_activation(cam.activation, n_channels)
+    cls = resolve_seg_classes(classes, batch, n_channels, x.device)
+    n_targets = cls.shape[1]
+
+    needs_prediction = pixel_set.needs_prediction or cam.use_probabilities
+    if needs_prediction:
+        with torch.no_grad():
+            pred = check_segmentation_output(inferer(x, model), x.shape)
+        pred = pred.as_tensor() if hasattr(pred, "as_tensor") else pred
+        masks = pixel_set.masks(pred, cls, activation)
+        scores = torch.stack(
+            [target_value(pred, masks[:, k], cls[:, k], activation, cam.use_probabilities) for k in range(n_targets)], 1
+        )
+    else:
+        pred = None
+        shape_only = torch.zeros((), dtype=x.dtype, device=x.device).expand(batch, n_channels, *spatial)
+        masks = pixel_set.masks(shape_only, cls, activation)
+        scores = torch.zeros(batch, n_targets, dtype=x.dtype, device=x.device)
+
+    stride, layer_note = plan.layer_grid(grid)
+    out_map = torch.zeros(batch, n_targets, *spatial, dtype=x.dtype, device=x.device)
+    layer_map = None
+    if stride is not None:
+        layer_map = torch.zeros(batch, n_targets, *[s // st for s, st in zip(spatial, stride)], dtype=x.dtype, device=x.device)
+    alpha = None  # pooled methods: sum over windows of the per-channel gradient sums
+    sw_batch_size = int(inferer.sw_batch_size)
+
+    for items in _window_batches(plan, batch, sw_batch_size):
+        window_masks = _gather(masks, items)  # (n, K, *roi)
+        if not bool(window_masks.any()):
+            continue  # M misses these windows: zero gradient, zero contribution
+        win = _gather(x, items)
+        with LayerRecorder(model, [layer], as_leaf=True) as rec:
+            out, acts = cam._forward(rec, layer, win)
+        out = check_segmentation_output(out, win.shape)
+        share = torch.stack([plan.share(s) for _, s in items])[:, None]  # (n, 1, *roi)
+        logits = _gather(pred, items) if pred is not None else out.detach()
+        cases = [b for b, _ in items]
+        for k in range(n_targets):
+            g, _ = target_gradient(logits, window_masks[:, k], cls[cases, k], activation, cam.use_probabilities)
+            g = g * share
+            if pred is None:
+                scores[:, k].index_add_(0, torch.tensor(cases, device=x.device), (g * out.detach()).flatten(1).sum(1))
+            grads = cam._gradient((g * out).sum(), acts, layer, retain=k < n_targets - 1)
+            g_map, a_map = as_feature_map(grads, plan.roi), as_feature_map(acts.detach(), plan.roi)
+            if cam.pooled:
+                if alpha is None:
+                    alpha = torch.zeros(batch, n_targets, g_map.shape[1], dtype=x.dtype, device=x.device)
+                alpha[:, k].index_add_(0, torch.tensor(cases, device=x.device), g_map.flatten(2).sum(-1))
+                continue
+            window_cam = cam.combine(g_map, a_map)[:, None]  # (n, 1, *grid)
+            up = cam._upsample(window_cam, plan.roi)
+            for i, (b, s) in enumerate(items):
+                out_map[(b, k, *s)] += up[i, 0]
+                if layer_map is not None:
+                    layer_map[(b, k, *[slice(sl.start // st, sl.stop // st) for sl, st in zip(s, stride)])] += window_cam[i, 0]
+        del out, acts
+
+    if cam.pooled:
+        positions = math.prod(s * g / r for s, g, r in zip(spatial, grid, plan.roi))
+        alpha = (alpha if alpha is not None else torch.zeros(batch, n_targets, 0)) / positions
+        _pooled_pass(cam, x, plan, layer, alpha, out_map, layer_map, stride, grid, batch, sw_batch_size)
+
+    settings = {
+        "sliding_window": {
+            "roi_size": list(plan.roi),
+            "overlap": list(ensure_tuple_rep(inferer.overlap, len(spatial))),
+            "mode": str(inferer.mode),
+            "sigma_scale": inferer.sigma_scale,
+            "sw_batch_size": sw_batch_size,
+            "windows": len(plan),
+            "combine": "importance-weighted average" if cam.pooled else "sum (gradients carry the blend share)",
+            "layer_map": layer_note,
+        }
+    }
+    return {
+        "layer": layer,
+        "map": out_map,
+        "layer_map": layer_map,
+        "classes": cls,
+        "pixels": masks.flatten(2).sum(-1),
+        "target_score": scores,
+        "settings": settings,
+    }
+
+
+def _pooled_pass(cam, x, plan, layer, alpha, out_map, layer_map, stride, grid, batch, sw_batch_size) -> None:
+    """Second pass of the pooled methods: blend ``sum_k alpha_k A_w^k`` like the inferer blends outputs."""
+    if alpha.shape[-1] == 0:
+        return  # every pixel set was empty: the maps stay zero
+    layer_weight = F.interpolate(plan.importance[None, None], size=grid, mode="area")[0, 0] if layer_map is not None else None
+    layer_count = torch.zeros(layer_map.shape[2:], dtype=x.dtype, device=x.device) if layer_map is not None else None
+    if layer_map is not None:
+        for s in plan.slices:
+            layer_count[tuple(slice(sl.start // st, sl.stop // st) for sl, st in zip(s, stride))] += layer_weight
+    for items in _window_batches(plan, batch, sw_batch_size):
+        win = _gather(x, items)
+        with LayerRecorder(cam.model, [layer]) as rec, torch.no_grad():
+            _, acts = cam._forward(rec, layer, win)
+        a_map = as_feature_map(acts, plan.roi)
+        cases = [b for b, _ in items]
+        weights = alpha[cases].reshape(*alpha[cases].shape, *[1] * len(grid))  # (n, K, D, 1...)
+        window_cam = (weights * a_map[:, None]).sum(2)  # (n, K, *grid)
+        up = cam._upsample(window_cam, plan.roi)
+        for i, (b, s) in enumerate(items):
+            out_map[(b, slice(None), *s)] += up[i] * plan.importance
+            if layer_map is not None:
+                ls = tuple(slice(sl.start // st, sl.stop // st) for sl, st in zip(s, stride))
+                layer_map[(b, slice(None), *ls)] += window_cam[i] * layer_weight
+    out_map /= plan.count
+    if layer_map is not None:
+        layer_map /= layer_count

@@ -1,0 +1,114 @@
+"""PNG overlays: image, heatmap and mask contour side by side, for 2D images and chosen slices of 3D."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from PIL import Image
+from scipy import ndimage
+
+from medcam_monai.explanation import MASK, Explanation
+from medcam_monai.io._atomic import atomic_path
+from medcam_monai.io._grid import map_on_source, normalize_unit, select_case
+from medcam_monai.io._source_image import load_source_image
+from medcam_monai.io.reference import WSIReference, as_source_reference
+
+__all__ = ["write_png_overlay", "CONTOUR_COLOR"]
+
+CONTOUR_COLOR = (0, 255, 0)
+
+
+def _window(image: np.ndarray) -> np.ndarray:
+    """``(C, H, W)`` -> ``(H, W, 3)`` uint8; grey images windowed to their 1st-99th percentile."""
+    if image.shape[0] >= 3:
+        rgb = np.moveaxis(image[:3], 0, -1)
+        return np.clip(rgb, 0, 255).astype(np.uint8) if rgb.max() > 1.5 else (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+    grey = image[0]
+    lo, hi = np.percentile(grey, [1, 99]) if grey.size > 1 else (grey.min(), grey.max())
+    if hi <= lo:
+        lo, hi = float(grey.min()), float(grey.max()) + 1e-6
+    g = (np.clip((grey - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+    return np.repeat(g[..., None], 3, axis=-1)
+
+
+def _panels(rgb: np.ndarray, heat: np.ndarray, mask: np.ndarray, alpha: float, cmap: str) -> np.ndarray:
+    coloured = (colormaps[cmap](heat)[..., :3] * 255).astype(np.float32)
+    blend = ((1 - alpha * heat[..., None]) * rgb + alpha * heat[..., None] * coloured).astype(np.uint8)
+    contour = rgb.copy()
+    edge = mask & ~ndimage.binary_erosion(mask, border_value=0)
+    contour[edge] = CONTOUR_COLOR
+    gap = np.full((rgb.shape[0], 4, 3), 255, np.uint8)
+    return np.concatenate([rgb, gap, blend, gap, contour], axis=1)
+
+
+def write_png_overlay(
+    explanation: Explanation,
+    source: object,
+    path: str | os.PathLike,
+    *,
+    case: int = 0,
+    channel: int = 0,
+    image: np.ndarray | None = None,
+    slices: Sequence[int] | None = None,
+    threshold: float = 0.5,
+    alpha: float = 0.5,
+    cmap: str = "jet",
+) -> Path:
+    """Write a PNG with three panels per row: the image, the image under the heatmap, the image with
+    the mask contour (green). 3D sources give one row per chosen slice (last axis).
+
+    Orientation: DICOM slices and 2D files appear as stored (first row on top); whole-slide regions
+    as read. The heatmap is min-max scaled for display; a heatmap's contour is drawn at
+    ``threshold`` of that scale, a mask's at its edge.
+
+    Args:
+        explanation: the Explanation (``map`` is ``(B, K, *spatial)``).
+        source: any :class:`SourceReference` (or its JSON, or the source MetaTensor).
+        path: output ``.png``; written atomically.
+        case: which case of the batch to draw.
+        channel: which map channel to draw.
+        image: ``(C, *spatial)`` source pixels on the source grid; ``None`` reloads them from the source.
+        slices: slice indices (last spatial axis) of a 3D source; ``None`` picks the slice with
+            the most explanation.
+        threshold: contour level for heatmaps, in ``[0, 1]`` of the scaled map.
+        alpha: heatmap opacity at its maximum.
+        cmap: a matplotlib colormap name for the heatmap.
+
+    Returns:
+        The path written.
+    """
+    ref = as_source_reference(source)
+    one = select_case(explanation, case)
+    values = map_on_source(one, ref)
+    K = values.shape[0]
+    if not -K <= channel < K:
+        raise ValueError(f"channel {channel} out of range for a map with {K} channel(s).")
+    if cmap not in colormaps:
+        raise ValueError(f"Unknown colormap {cmap!r}; use a matplotlib name such as 'jet', 'inferno', 'viridis'.")
+    heat = normalize_unit(values[[channel]])[0]
+    mask = values[channel] >= 0.5 if one.kind == MASK else heat >= threshold
+    pixels = load_source_image(ref) if image is None else np.asarray(image, dtype=np.float32)
+    if pixels.ndim != len(ref.spatial_shape) + 1 or tuple(pixels.shape[1:]) != tuple(ref.spatial_shape):
+        raise ValueError(f"image must be (C, *{tuple(ref.spatial_shape)}) on the source grid, got {pixels.shape}.")
+    # MONAI loads 2D files and DICOM as (x, y[, z]); whole-slide regions as (row, column)
+    to_rows = (lambda a: a) if isinstance(ref, WSIReference) else (lambda a: np.swapaxes(a, -1, -2))
+    if len(ref.spatial_shape) == 3:
+        n = ref.spatial_shape[-1]
+        chosen = [int(np.argmax(heat.reshape(-1, n).sum(0)))] if slices is None else [int(s) for s in slices]
+        bad = [s for s in chosen if not -n <= s < n]
+        if bad:
+            raise ValueError(f"slices {bad} out of range for a volume of {n} slices.")
+        rows = [_panels(_window(to_rows(pixels[..., s])), to_rows(heat[..., s]), to_rows(mask[..., s]), alpha, cmap) for s in chosen]
+    elif len(ref.spatial_shape) == 2:
+        rows = [_panels(_window(to_rows(pixels)), to_rows(heat), to_rows(mask), alpha, cmap)]
+    else:
+        raise ValueError(f"PNG overlays need a 2D or 3D source, got {len(ref.spatial_shape)}D.")
+    sep = np.full((4, rows[0].shape[1], 3), 255, np.uint8)
+    canvas = np.concatenate([x for r in rows for x in (r, sep)][:-1], axis=0)
+    with atomic_path(path) as tmp:
+        Image.fromarray(canvas).save(tmp, format="PNG")
+    return Path(path)
