@@ -8,10 +8,22 @@ from typing import Any
 
 import torch
 
-__all__ = ["Explanation", "MASK", "HEATMAP"]
+__all__ = ["Explanation", "MASK", "HEATMAP", "like_input"]
 
 MASK = "mask"
 HEATMAP = "heatmap"
+
+
+def like_input(source: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``t`` (detached) as a ``MetaTensor`` carrying ``source``'s metadata (affine, applied
+    operations) when ``source`` is one, so explanation maps can be inverted and written on the
+    source grid; ``t`` unchanged otherwise."""
+    t = t.detach()
+    if hasattr(source, "copy_meta_from"):
+        from monai.data import MetaTensor
+
+        return MetaTensor(t, meta=dict(source.meta), applied_operations=list(source.applied_operations))
+    return t
 
 
 def _index(value: Any, i: int) -> Any:

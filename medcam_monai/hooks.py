@@ -23,6 +23,7 @@ __all__ = [
     "resolve_layer",
     "layer_names",
     "deepest_feature_layer",
+    "output_shapes",
     "LayerRecorder",
     "frozen",
     "gradients_enabled",
@@ -93,13 +94,9 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     )
 
 
-def deepest_feature_layer(model: nn.Module, x: torch.Tensor) -> str:
-    """Name of the last layer, in execution order, whose output is still a spatial feature map.
-
-    A feature map has the input's number of dims (``(B, C, *spatial)``) with at least one spatial
-    axis longer than 1; for transformers (no such output) the last ``(B, N, D)`` token output with
-    ``N > 1`` is taken. One forward pass of ``x`` (without gradients) is run to find it.
-    """
+def output_shapes(model: nn.Module, x: torch.Tensor) -> tuple[list[tuple[str, tuple[int, ...]]], object]:
+    """``(name, shape)`` of every named layer's tensor output in execution order, and the network's
+    output, from one no-grad forward pass of ``x``; every hook is removed afterwards."""
     model = unwrap_model(model)
     fired: list[tuple[str, tuple[int, ...]]] = []
     handles = []
@@ -113,10 +110,21 @@ def deepest_feature_layer(model: nn.Module, x: torch.Tensor) -> str:
             handles.append(module.register_forward_hook(hook))
     try:
         with torch.no_grad():
-            model(x)
+            out = model(x)
     finally:
         for h in handles:
             h.remove()
+    return fired, out
+
+
+def deepest_feature_layer(model: nn.Module, x: torch.Tensor) -> str:
+    """Name of the last layer, in execution order, whose output is still a spatial feature map.
+
+    A feature map has the input's number of dims (``(B, C, *spatial)``) with at least one spatial
+    axis longer than 1; for transformers (no such output) the last ``(B, N, D)`` token output with
+    ``N > 1`` is taken. One forward pass of ``x`` (without gradients) is run to find it.
+    """
+    fired, _ = output_shapes(model, x)
     spatial = [n for n, s in fired if len(s) == x.ndim and max(s[2:]) > 1]
     tokens = [n for n, s in fired if len(s) == 3 and s[1] > 1]
     if spatial:
@@ -124,8 +132,8 @@ def deepest_feature_layer(model: nn.Module, x: torch.Tensor) -> str:
     if tokens:
         return tokens[-1]
     raise ValueError(
-        f"{type(model).__name__} has no layer with a spatial or token output to explain; name one "
-        f"explicitly (see medcam_monai.hooks.layer_names(model))."
+        f"{type(unwrap_model(model)).__name__} has no layer with a spatial or token output to explain; "
+        f"name one explicitly (see medcam_monai.hooks.layer_names(model))."
     )
 
 

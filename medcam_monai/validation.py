@@ -51,8 +51,9 @@ def check_image(x: torch.Tensor, spatial_dims: int | None = None, name: str = "i
     return spatial_dims
 
 
-def check_class_logits(out: object, batch: int, what: str = "classifier") -> torch.Tensor:
-    """Check that a classifier returned ``(B, num_classes)`` logits and return them."""
+def check_class_logits(out: object, batch: int, what: str = "classifier", min_classes: int = 2) -> torch.Tensor:
+    """Check that a classifier returned ``(B, num_classes)`` logits, ``num_classes >= min_classes``,
+    and return them (the first tensor of a tuple output)."""
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         out = out[0]
     if not isinstance(out, torch.Tensor):
@@ -63,9 +64,9 @@ def check_class_logits(out: object, batch: int, what: str = "classifier") -> tor
             f"A segmentation network (B, C, *spatial) is explained with SegHiResGradCAM; a network with "
             f"a pooled output of shape (B, C, 1, 1) needs a flatten at its end."
         )
-    if out.shape[1] < 2:
+    if out.shape[1] < min_classes:
         raise ValueError(
-            f"The {what} returned {out.shape[1]} class logit per case; Med-CAM needs at least 2 classes "
+            f"The {what} returned {out.shape[1]} class logit per case; at least {min_classes} are needed "
             f"(softmax over classes). Wrap a single-logit binary classifier to return [-z, z]/2."
         )
     return out

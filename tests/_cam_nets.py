@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from _model_guard import assert_unchanged, snapshot  # noqa: F401  (re-exported for the CAM tests)
+
 
 class ConvHead(nn.Module):
     """``features`` (3x3 conv + tanh, stride 1) then a 1x1 convolution ``head``: ``y = W A + b``."""
@@ -41,19 +43,3 @@ def tiny_unet(dims: int = 3, out_channels: int = 3, seed: int = 0, norm: str = "
     return UNet(dims, 1, out_channels, channels=(4, 8, 16), strides=(2, 2), num_res_units=1, norm=norm).eval()
 
 
-def snapshot(model: nn.Module):
-    """Everything an explainer must leave untouched."""
-    return (
-        {k: v.clone() for k, v in model.state_dict().items()},
-        [p.requires_grad for p in model.parameters()],
-        [m.training for m in model.modules()],
-        [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) for m in model.modules()],
-    )
-
-
-def assert_unchanged(model: nn.Module, before) -> None:
-    after = snapshot(model)
-    assert before[0].keys() == after[0].keys()
-    for k in before[0]:
-        assert torch.equal(before[0][k], after[0][k]), k
-    assert before[1:] == after[1:]

@@ -10,27 +10,13 @@ from collections.abc import Sequence
 
 import torch
 
-from medcam_monai.cam.core import BaseCAM, as_meta_like
+from medcam_monai.cam.core import BaseCAM
 from medcam_monai.cam.pixel_sets import class_probabilities, resolve_activation
-from medcam_monai.explanation import HEATMAP, Explanation
+from medcam_monai.explanation import HEATMAP, Explanation, like_input
 from medcam_monai.hooks import LayerRecorder, frozen, gradients_enabled, resolve_layer
-from medcam_monai.validation import check_image
+from medcam_monai.validation import check_class_logits, check_image
 
-__all__ = ["GradCAM", "HiResCAM", "check_classifier_output", "resolve_classifier_classes"]
-
-
-def check_classifier_output(out: object, batch: int) -> torch.Tensor:
-    """The classifier's logits ``(B, num_classes)`` (first tensor of a tuple output)."""
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        out = out[0]
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"The classifier must return logits (B, num_classes), got {type(out).__name__}.")
-    if out.ndim != 2 or out.shape[0] != batch:
-        raise ValueError(
-            f"The classifier returned shape {tuple(out.shape)}, expected logits (B, num_classes) with B={batch}. "
-            f"A segmentation network (B, C, *spatial) is explained with SegHiResGradCAM or SegGradCAM."
-        )
-    return out
+__all__ = ["GradCAM", "HiResCAM", "resolve_classifier_classes"]
 
 
 def resolve_classifier_classes(classes, logits: torch.Tensor) -> torch.Tensor:
@@ -72,7 +58,7 @@ class _ClassifierCAM(BaseCAM):
             resolve_layer(self.model, layer)
             with LayerRecorder(self.model, [layer], as_leaf=True) as rec:
                 out, acts = self._forward(rec, layer, xt)
-            out = check_classifier_output(out, xt.shape[0])
+            out = check_class_logits(out, xt.shape[0], min_classes=1)
             self._check_depends_on_input(layer, xt, acts)
             activation = resolve_activation(self.activation, out.shape[1])
             cls = resolve_classifier_classes(classes, out.detach())
@@ -87,7 +73,7 @@ class _ClassifierCAM(BaseCAM):
         raw = torch.stack(maps, 1)
         layer_map, full_map = self._finish(raw, self._upsample(raw, xt.shape[2:]))
         return Explanation(
-            map=as_meta_like(x, full_map),
+            map=like_input(x, full_map),
             kind=HEATMAP,
             method=self.method,
             target=cls,

@@ -33,7 +33,6 @@ __all__ = [
     "LayerIndependentOfInputError",
     "target_gradient",
     "target_value",
-    "as_meta_like",
 ]
 
 
@@ -82,15 +81,6 @@ def target_value(
     b = torch.arange(logits.shape[0], device=logits.device)
     scores = class_probabilities(logits, activation)[b, classes] if use_probabilities else logits[b, classes]
     return (masks.to(logits.dtype) * scores).flatten(1).sum(1)
-
-
-def as_meta_like(source: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``t`` as a MetaTensor with ``source``'s metadata (affine) when ``source`` is one."""
-    if hasattr(source, "copy_meta_from"):
-        from monai.data import MetaTensor
-
-        return MetaTensor(t, meta=source.meta, applied_operations=list(source.applied_operations))
-    return t
 
 
 class BaseCAM:

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from medcam_monai.hooks import unwrap_model
+from medcam_monai.hooks import output_shapes, unwrap_model
 
 __all__ = ["DEFAULT_LAYERS", "default_layer", "deepest_spatial_layer", "tokens_to_grid", "as_feature_map"]
 
@@ -80,22 +80,7 @@ def deepest_spatial_layer(model: nn.Module, x: torch.Tensor) -> str:
     """The last-run layer with the smallest spatial output, excluding outputs on the input grid's size
     with the network output's shape (one no-grad forward of ``x``)."""
     model = unwrap_model(model)
-    fired: list[tuple[str, tuple[int, ...]]] = []
-    handles = []
-    for name, module in model.named_modules():
-        if name:
-
-            def hook(module, inputs, output, name=name):
-                if isinstance(output, torch.Tensor):
-                    fired.append((name, tuple(output.shape)))
-
-            handles.append(module.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            out = model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    fired, out = output_shapes(model, x)
     out_shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
     spatial = [(n, s) for n, s in fired if len(s) == x.ndim and max(s[2:]) > 1 and s != out_shape]
     if spatial:

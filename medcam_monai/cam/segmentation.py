@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 import torch
 
-from medcam_monai.cam.core import BaseCAM, as_meta_like, target_gradient
+from medcam_monai.cam.core import BaseCAM, target_gradient
 from medcam_monai.cam.pixel_sets import PixelSet, resolve_activation, resolve_pixel_set
-from medcam_monai.explanation import HEATMAP, Explanation
+from medcam_monai.explanation import HEATMAP, Explanation, like_input
 from medcam_monai.hooks import LayerRecorder, frozen, gradients_enabled, resolve_layer
 from medcam_monai.validation import check_image
 
@@ -166,7 +166,7 @@ class _SegmentationCAM(BaseCAM):
             )
         settings = {**self.settings(), "layer": result["layer"], "pixels": pixel_set.describe(), **result.get("settings", {})}
         return Explanation(
-            map=as_meta_like(x, full_map),
+            map=like_input(x, full_map),
             kind=HEATMAP,
             method=self.method,
             target=result["classes"],

@@ -24,7 +24,7 @@ from monai.networks.nets import BasicUNet
 from torch import nn
 from tqdm.auto import tqdm
 
-from medcam_monai.explanation import MASK, Explanation
+from medcam_monai.explanation import MASK, Explanation, like_input
 from medcam_monai.hooks import LayerRecorder, deepest_feature_layer, frozen, unwrap_model
 from medcam_monai.medcam import losses
 from medcam_monai.medcam.backgrounds import BACKGROUNDS, is_random_background, make_background
@@ -35,6 +35,7 @@ __all__ = ["MedCAM", "MaskedInputError", "LOSS_TERMS"]
 
 LOSS_TERMS = ("act", "ce", "kl", "area", "bin", "tv", "rob", "total")
 _UNET_DEPTH = 16  # BasicUNet halves the grid four times
+_UNET_MIN = 32  # and its instance norm needs more than one voxel at the bottom
 
 
 class MaskedInputError(RuntimeError):
@@ -183,7 +184,7 @@ class MedCAM:
         return unet.to(device)
 
     def _work_size(self, spatial: Sequence[int]) -> list[int]:
-        return [max(_UNET_DEPTH, math.ceil(s * self.mask_scale / _UNET_DEPTH) * _UNET_DEPTH) for s in spatial]
+        return [max(_UNET_MIN, math.ceil(s * self.mask_scale / _UNET_DEPTH) * _UNET_DEPTH) for s in spatial]
 
     def _forward(self, x: torch.Tensor, recorder: LayerRecorder) -> tuple[torch.Tensor, list[torch.Tensor]]:
         logits = self.classifier(x)
@@ -217,10 +218,10 @@ class MedCAM:
         batch, channels, spatial = x.shape[0], x.shape[1], list(x.shape[2:])
         device = x.device
         with frozen(self.classifier) as f:
+            with torch.no_grad(), self._autocast(device):
+                check_class_logits(f(x[:1]), 1)
             if self.layers is None:
                 self.layers = [deepest_feature_layer(f, x[:1])]
-                if self.layer_weights is None:
-                    self.layer_weights = [1.0]
             with LayerRecorder(f, self.layers) as recorder:
                 with torch.no_grad(), self._autocast(device):
                     logits_x, acts_x = self._forward(x, recorder)
@@ -253,7 +254,7 @@ class MedCAM:
             "soft_area": masks.reshape(batch, -1).mean(1),
             "decision_kept": (probs[0].argmax(1) == target_t) & (probs[2].argmax(1) == target_t),
         }
-        binary_map, soft_map, evidence = (self._like(meta_source, t) for t in (binary, masks, evidence))
+        binary_map, soft_map, evidence = (like_input(meta_source, t) for t in (binary, masks, evidence))
         return Explanation(
             map=binary_map,
             kind=MASK,
@@ -268,16 +269,6 @@ class MedCAM:
             seconds=time.perf_counter() - start,
             settings=self.settings(),
         )
-
-    @staticmethod
-    def _like(source: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``t`` as a MetaTensor carrying ``source``'s metadata (affine), when ``source`` is one."""
-        t = t.detach()
-        if hasattr(source, "copy_meta_from"):
-            from monai.data import MetaTensor
-
-            return MetaTensor(t, meta=source.meta, applied_operations=list(source.applied_operations))
-        return t
 
     def _optimise(self, x, target, logits_x, acts_x, recorder, spatial_dims, channels, spatial):
         batch, device, w = x.shape[0], x.device, self.weights

@@ -1,0 +1,214 @@
+"""Med-CAM behaviour: result contents, the frozen-classifier guarantee, errors, batching, seeds."""
+
+import pytest
+import torch
+from monai.data import MetaTensor
+from torch import nn
+
+from medcam_monai import EarlyStopping, Explanation, MedCAM
+from medcam_monai.hooks import LayerNotFoundError
+from medcam_monai.medcam import LOSS_TERMS, MaskedInputError
+
+from _model_guard import assert_unchanged, snapshot
+
+
+def small_cnn(channels=1, classes=3, spatial_dims=2, seed=0):
+    torch.manual_seed(seed)
+    conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+    bn = nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d
+    pool = nn.AdaptiveAvgPool2d if spatial_dims == 2 else nn.AdaptiveAvgPool3d
+    return nn.Sequential(
+        conv(channels, 8, 3, padding=1),
+        bn(8),
+        nn.ReLU(),
+        conv(8, 8, 3, padding=1, stride=2),
+        nn.ReLU(),
+        pool(1),
+        nn.Flatten(),
+        nn.Linear(8, classes),
+    )
+
+
+def fast(model, **kw):
+    kw.setdefault("steps", 5)
+    kw.setdefault("early_stopping", None)
+    return MedCAM(model, **kw)
+
+
+def test_result_holds_everything_the_issue_lists():
+    model = small_cnn()
+    x = torch.rand(2, 1, 32, 32)
+    ex = fast(model, steps=6, threshold=0.4)(x)
+    assert isinstance(ex, Explanation) and ex.kind == "mask" and ex.method == "medcam"
+    assert ex.map.shape == (2, 1, 32, 32) and ex.soft_map.shape == (2, 1, 32, 32)
+    assert set(ex.map.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(ex.map, (ex.soft_map > 0.4).float())
+    assert torch.allclose(ex.evidence, ex.soft_map * x)
+    assert ex.target.shape == (2, 1)
+    assert torch.equal(ex.target[:, 0], model.eval()(x).argmax(1))
+    for key in ("prob_x", "prob_e", "prob_e_binary", "prob_rob", "area_fraction", "decision_kept"):
+        assert ex.scores[key].shape == (2,), key
+    for key in ("probs_x", "probs_e", "probs_rob"):
+        assert ex.scores[key].shape == (2, 3)
+        assert torch.allclose(ex.scores[key].sum(1), torch.ones(2), atol=1e-5)
+    assert torch.allclose(ex.scores["area_fraction"], ex.map.flatten(1).mean(1))
+    assert set(ex.history) == set(LOSS_TERMS)
+    assert all(v.shape == (6, 2) and torch.isfinite(v).all() for v in ex.history.values())
+    assert ex.steps.tolist() == [6, 6] and ex.stop_reason == ["max_steps", "max_steps"]
+    assert ex.seconds > 0
+    records = ex.to_records()
+    assert len(records) == 2 and records[0]["steps"] == 6 and "prob_e" in records[0]["scores"]
+
+
+def test_total_loss_is_the_weighted_sum_of_terms():
+    ex = fast(small_cnn(), weights={"am": 2, "min": 3, "rob": 5, "act": 0.5, "area": 2, "tv": 0.1})(torch.rand(1, 1, 16, 16))
+    h = {k: v[:, 0] for k, v in ex.history.items()}
+    expected = (
+        2 * (0.5 * h["act"] + h["ce"] + h["kl"]) + 3 * (2 * h["area"] + 0.1 * h["bin"] + 0.1 * h["tv"]) + 5 * h["rob"]
+    )
+    assert torch.allclose(h["total"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_classifier_is_left_exactly_as_found():
+    model = small_cnn()
+    model.train()  # a user's model in training mode with a frozen first layer and a hook of its own
+    model[0].weight.requires_grad_(False)
+    calls = []
+    model[2].register_forward_hook(lambda m, i, o: calls.append(1))
+    before = snapshot(model)
+    fast(model, layers=["2", "4"], background="uniform")(torch.rand(2, 1, 16, 16))
+    assert_unchanged(model, before)
+    assert calls  # the user's hook still runs
+    assert model.training and model[1].training  # BatchNorm statistics were not updated (checked above)
+
+
+class FailsOnMaskedInput(nn.Module):
+    """Runs on the original images (no gradient needed), raises on the masked ones (optimised)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = small_cnn()
+
+    def forward(self, x):
+        if torch.is_grad_enabled():
+            raise RuntimeError("lookup failed for intensity 0.0")
+        return self.net(x)
+
+
+def test_classifier_unchanged_and_hooks_removed_when_run_raises():
+    model = FailsOnMaskedInput()
+    model.train()
+    before = snapshot(model)
+    with pytest.raises(MaskedInputError, match="raised on the masked image"):
+        fast(model, layers=["net.2"])(torch.rand(1, 1, 16, 16))
+    assert_unchanged(model, before)
+
+
+def test_bad_inputs_get_clear_errors():
+    model = small_cnn()
+    with pytest.raises(LayerNotFoundError, match=r"Nearest valid names: .*layer4|not in Sequential"):
+        fast(model, layers=["layer4"])(torch.rand(1, 1, 16, 16))
+    with pytest.raises(LayerNotFoundError) as err:
+        fast(model, layers=["21"])(torch.rand(1, 1, 16, 16))
+    assert "Nearest valid names" in str(err.value) and "'2'" not in str(err.value).split("Nearest")[0][:5]
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        x = torch.rand(1, 1, 16, 16)
+        x[0, 0, 3, 3] = float("nan")
+        fast(model)(x)
+    with pytest.raises(ValueError, match="batch is empty"):
+        fast(model)(torch.rand(0, 1, 16, 16))
+    with pytest.raises(ValueError, match=r"\(B, C, \*spatial\)"):
+        fast(model)(torch.rand(16, 16))
+    with pytest.raises(ValueError, match="out of range: the classifier has 3 classes"):
+        fast(model)(torch.rand(1, 1, 16, 16), target=3)
+    seg = nn.Conv2d(1, 2, 1)  # a segmentation-shaped output
+    with pytest.raises(ValueError, match=r"expected logits \(B, num_classes\).*SegHiResGradCAM"):
+        fast(seg)(torch.rand(1, 1, 16, 16))
+    with pytest.raises(ValueError, match="distance must be one of"):
+        MedCAM(model, distance="l2")
+    with pytest.raises(ValueError, match="background must be one of"):
+        MedCAM(model, background="noise")
+
+
+def test_explicit_target_class_is_explained():
+    model = small_cnn()
+    x = torch.rand(2, 1, 16, 16)
+    ex = fast(model)(x, target=[2, 1])
+    assert ex.target[:, 0].tolist() == [2, 1]
+    probs = torch.softmax(model.eval()(x), 1)
+    assert torch.allclose(ex.scores["prob_x"], probs[[0, 1], [2, 1]], atol=1e-5)
+
+
+def test_seeded_runs_are_reproducible_and_seeds_matter():
+    model = small_cnn()
+    x = torch.rand(2, 1, 16, 16)
+    a = fast(model, seed=3, background="gaussian")(x)
+    b = fast(model, seed=3, background="gaussian")(x)
+    c = fast(model, seed=4, background="gaussian")(x)
+    assert torch.equal(a.soft_map, b.soft_map)
+    assert all(torch.equal(a.history[k], b.history[k]) for k in a.history)
+    assert not torch.equal(a.soft_map, c.soft_map)
+
+
+def test_batched_results_equal_one_at_a_time():
+    model = small_cnn()
+    x = torch.rand(3, 1, 16, 16)
+    stop = EarlyStopping(min_steps=4, check_every=2, patience=1, mask_change=1.0, require_robust=False)
+    batched = MedCAM(model, steps=8, early_stopping=stop, background="shuffle")(x)
+    for i in range(3):
+        alone = MedCAM(model, steps=8, early_stopping=stop, background="shuffle")(x[i : i + 1])
+        # batched convolutions round differently in the last bits; Adam carries that a little
+        assert torch.allclose(batched.soft_map[i], alone.soft_map[0], atol=2e-3)
+        assert batched.steps[i] == alone.steps[0]
+        assert batched.stop_reason[i] == alone.stop_reason[0]
+        assert torch.allclose(batched.scores["prob_e"][i], alone.scores["prob_e"][0], atol=2e-3)
+
+
+def test_early_stopping_reports_why_and_stops_cases_independently():
+    model = small_cnn()
+    x = torch.rand(2, 1, 16, 16)
+    # settles as soon as possible: decision kept (whatever it is) and any mask change allowed
+    loose = EarlyStopping(min_steps=4, check_every=2, patience=1, mask_change=1.0, require_robust=False)
+    ex = MedCAM(model, steps=50, early_stopping=loose)(x)
+    kept = ex.scores["decision_kept"]
+    for i in range(2):
+        if ex.steps[i] < 50:
+            assert ex.stop_reason[i].startswith("converged: decision kept")
+    assert int(ex.steps.min()) == 4 or not bool(kept.any())
+    never = EarlyStopping(min_steps=4, check_every=2, patience=1, mask_change=0.0)
+    ex = MedCAM(model, steps=6, early_stopping=never, lr=0.5)(x)
+    assert ex.history["total"].shape[0] <= 6
+
+
+def test_warm_start_starts_from_a_trained_unet():
+    model = small_cnn()
+    x = torch.rand(1, 1, 16, 16)
+    first = fast(model, steps=10)
+    trained = first(x)
+    state = first.unet_state(0)
+    again = fast(model, steps=1, lr=0.0, warm_start=state)(x)  # lr 0: the U-Net stays as loaded
+    assert torch.allclose(again.soft_map, trained.soft_map, atol=1e-6)
+
+
+def test_metatensor_input_keeps_its_metadata():
+    affine = torch.diag(torch.tensor([2.0, 3.0, 1.0, 1.0]))
+    x = MetaTensor(torch.rand(1, 1, 16, 16), affine=affine)
+    ex = fast(small_cnn())(x)
+    for t in (ex.map, ex.soft_map, ex.evidence):
+        assert isinstance(t, MetaTensor)
+        assert torch.equal(t.affine, affine)
+
+
+def test_3d_multichannel_classifier():
+    model = small_cnn(channels=2, classes=4, spatial_dims=3)
+    x = torch.rand(2, 2, 12, 20, 16)  # sizes that are not multiples of the U-Net's 16
+    before = snapshot(model)
+    ex = fast(model, steps=3, mask_scale=1.0, background="shuffle", background_kwargs={"patch": 4})(x)
+    assert ex.map.shape == (2, 1, 12, 20, 16) and ex.evidence.shape == x.shape
+    assert ex.scores["probs_e"].shape == (2, 4)
+    assert_unchanged(model, before)
+
+
+def test_cosine_distance_and_several_layers():
+    ex = fast(small_cnn(), layers=["2", "4"], layer_weights=[1.0, 0.5], distance="cosine")(torch.rand(1, 1, 16, 16))
+    assert torch.all(ex.history["act"] >= 0) and torch.all(ex.history["act"] <= 3.0)
