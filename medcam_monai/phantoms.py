@@ -151,18 +151,18 @@ def _add_blobs(
     return img
 
 
-def class_stripes(k: int, spatial_dims: int) -> tuple[int, int]:
+def class_stripes(k: int, spatial_dims: int, scale: int = 1) -> tuple[int, int]:
     """The stripe pattern of class ``k``: ``(axis, period)``.
 
     Class ``k`` has stripes along spatial axis ``k % spatial_dims`` with period
-    ``2 + k // spatial_dims`` pixels, so classes differ in orientation or in period.
+    ``scale * (2 + k // spatial_dims)`` pixels, so classes differ in orientation or in period.
     """
-    return k % spatial_dims, 2 + k // spatial_dims
+    return k % spatial_dims, scale * (2 + k // spatial_dims)
 
 
-def _stripes(coords: list[torch.Tensor], origin: Sequence[float], k: int) -> torch.Tensor:
+def _stripes(coords: list[torch.Tensor], origin: Sequence[float], k: int, scale: int = 1) -> torch.Tensor:
     """Class ``k``'s stripes (``{0, 1}``) over the whole grid, phase-locked to ``origin``."""
-    axis, period = class_stripes(k, len(coords))
+    axis, period = class_stripes(k, len(coords), scale)
     return ((coords[axis] - origin[axis]) % period < period / 2).float()
 
 
@@ -279,6 +279,7 @@ def marker_phantoms(
     distractors: int = 4,
     noise: float = 0.05,
     absent_class: bool = False,
+    stripe_scale: int = 1,
     seed: int = 0,
 ) -> PhantomBatch:
     """Images where one small striped square decides the class, among distractor blobs.
@@ -296,6 +297,8 @@ def marker_phantoms(
         marker: side of the marker square in pixels (default ``max(3, round(0.125 * size))``).
         distractors: Gaussian blobs of random brightness per image.
         noise: standard deviation of additive Gaussian noise.
+        stripe_scale: multiplies the stripe periods; networks that downsample early (a ResNet stem
+            halves the grid twice) need periods of several pixels on large images.
         absent_class: make the last class ``num_classes - 1`` mean "no marker" (empty evidence).
             A classifier trained so must see the marker to call a marker class; without it, one
             marker class is also what the classifier answers for a blank image, and its evidence
@@ -318,7 +321,7 @@ def marker_phantoms(
         start = [int(torch.randint(1, s - side - 1, (1,), generator=g)) for s in shape]
         box = tuple(slice(a, a + side) for a in start)
         if not (absent_class and k == num_classes - 1):
-            img[box] = 0.1 + 0.9 * _stripes(coords, start, k)[box]
+            img[box] = 0.1 + 0.9 * _stripes(coords, start, k, stripe_scale)[box]
             evidence[box] = 1.0
         return _finish(img, noise, channels, spatial_dims, g), evidence
 
