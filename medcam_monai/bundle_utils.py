@@ -1,0 +1,204 @@
+"""Helpers the bundles' configs call with ``$medcam_monai.bundle_utils...``: where the data comes from.
+
+Every bundle names its dataset once (``"dataset_name": "idrid_grading"``) and asks :func:`datalist` for the
+cases of a split. When the real dataset is at ``dataset_dir`` (laid out as its file in
+``data_manifests/`` says), its files are listed; otherwise the project's stand-in generator for
+that modality (:mod:`medcam_monai.phantoms`) writes image files once into ``standin_dir``, so the
+bundle's own ``LoadImaged`` preprocessing reads stand-in and real data the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["STANDINS", "StandIn", "datalist", "standin_datalist", "real_datalist", "find_bundle", "BUNDLES_DIR"]
+
+logger = logging.getLogger(__name__)
+
+# the repository's bundles (an editable install keeps them next to the package)
+BUNDLES_DIR = Path(__file__).resolve().parent.parent / "bundles"
+
+# stand-in CT is written in Hounsfield units so the CT bundle's intensity window applies unchanged
+_HU_LOW, _HU_HIGH = -200.0, 300.0
+
+
+@dataclass(frozen=True)
+class StandIn:
+    """How to make stand-in files for one dataset.
+
+    Args:
+        generator: name of a :mod:`medcam_monai.phantoms` function returning a ``PhantomBatch``.
+        kwargs: fixed arguments of the generator (e.g. ``spatial_dims``).
+        suffix: ``".png"`` (2D, uint8) or ``".nii.gz"`` (3D, with a label map for segmentation).
+    """
+
+    generator: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    suffix: str = ".png"
+
+    def make(self, n: int, size: int, seed: int):
+        from medcam_monai import phantoms
+
+        fn: Callable = getattr(phantoms, self.generator)
+        return fn(n, size=size, seed=seed, **self.kwargs)
+
+
+# dataset name (the file name in data_manifests/) -> its stand-in
+STANDINS: dict[str, StandIn] = {
+    "bach": StandIn("histology_phantoms"),
+    "ham10000": StandIn("dermoscopy_phantoms"),
+    "idrid_grading": StandIn("fundus_phantoms"),
+    "brain_tumor_mri": StandIn("mri_phantoms", {"spatial_dims": 2}),
+    "kits23": StandIn("ct_phantoms", {"spatial_dims": 3}, suffix=".nii.gz"),
+}
+
+_SPLIT_SEEDS = {"train": 0, "val": 10_000, "test": 20_000}
+
+
+def _write_png(path: Path, image: torch.Tensor) -> None:
+    from PIL import Image
+
+    arr = (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy()  # (C, H, W)
+    arr = arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)
+    Image.fromarray(arr).save(path)
+
+
+def _write_nifti(path: Path, volume: np.ndarray, spacing: float) -> None:
+    import nibabel as nib
+
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    nib.save(nib.Nifti1Image(volume, affine), str(path))
+
+
+def standin_datalist(
+    dataset: str, standin_dir: str | os.PathLike, split: str = "train", num_cases: int = 16, image_size: int = 64
+) -> list[dict[str, Any]]:
+    """Write (once) and list ``num_cases`` stand-in cases of ``dataset`` for ``split``.
+
+    Files are cached in ``standin_dir/<dataset>/<split>_n<num_cases>_s<image_size>/`` with a
+    ``datalist.json``; another call with the same arguments reuses them.
+
+    Returns:
+        ``[{"image": path, "label": int}]`` for classification, ``[{"image": path, "label": path}]``
+        (label map NIfTI) for segmentation.
+    """
+    if dataset not in STANDINS:
+        raise ValueError(f"No stand-in generator for dataset {dataset!r}; known: {sorted(STANDINS)}.")
+    if split not in _SPLIT_SEEDS:
+        raise ValueError(f"split must be one of {sorted(_SPLIT_SEEDS)}, got {split!r}.")
+    if num_cases < 1 or image_size < 16:
+        raise ValueError(f"num_cases must be >= 1 and image_size >= 16, got {num_cases} and {image_size}.")
+    folder = Path(standin_dir) / dataset / f"{split}_n{num_cases}_s{image_size}"
+    index = folder / "datalist.json"
+    if index.is_file():
+        return [{k: (str(folder / v) if k in ("image", "label") and isinstance(v, str) else v) for k, v in d.items()}
+                for d in json.loads(index.read_text())]
+    # write into a private folder and rename it into place: ranks of a torchrun job (or two
+    # engineers' runs) that generate the same cases at once never read a half-written file
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    standin = STANDINS[dataset]
+    batch = standin.make(num_cases, image_size, _SPLIT_SEEDS[split])
+    entries = []
+    for i in range(num_cases):
+        name = f"{dataset}_{split}_{i:04d}"
+        if standin.suffix == ".png":
+            _write_png(tmp / f"{name}.png", batch.images[i])
+            entries.append({"image": f"{name}.png", "label": int(batch.labels[i])})
+        else:
+            spacing = 240.0 / image_size  # a ~24 cm abdomen whatever the grid size
+            hu = _HU_LOW + batch.images[i, 0].numpy().astype(np.float32) * (_HU_HIGH - _HU_LOW)
+            _write_nifti(tmp / f"{name}.nii.gz", hu, spacing)
+            _write_nifti(tmp / f"{name}_label.nii.gz", batch.labels[i, 0].numpy().astype(np.uint8), spacing)
+            entries.append({"image": f"{name}.nii.gz", "label": f"{name}_label.nii.gz"})
+    (tmp / index.name).write_text(json.dumps(entries, indent=1))
+    try:
+        tmp.rename(folder)
+        logger.info("wrote %d stand-in %s cases (%s) to %s", num_cases, dataset, split, folder)
+    except OSError:  # another process finished the same cases first: use theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not index.is_file():
+            raise FileExistsError(f"{folder} exists but holds no datalist.json (an interrupted run?): delete it.") from None
+    return standin_datalist(dataset, standin_dir, split, num_cases, image_size)
+
+
+def real_datalist(dataset: str, dataset_dir: str | os.PathLike | None, split: str = "train") -> list[dict[str, Any]] | None:
+    """The real dataset's cases of ``split`` when ``dataset_dir`` exists, else None.
+
+    The layout and split rule come from ``data_manifests/<dataset>.json``
+    (:func:`medcam_monai.datasets.load_datalist`); a folder that exists but does not match the
+    layout raises its ``DatasetValidationError``, naming what is missing.
+    """
+    if not dataset_dir or not Path(dataset_dir).is_dir():
+        return None
+    from medcam_monai.datasets import load_datalist
+
+    return load_datalist(dataset, dataset_dir, split)
+
+
+def datalist(
+    dataset: str,
+    dataset_dir: str | os.PathLike | None,
+    split: str = "train",
+    standin_dir: str | os.PathLike = "./standin_data",
+    num_cases: int = 16,
+    image_size: int = 64,
+    use_standin: bool | None = None,
+) -> list[dict[str, Any]]:
+    """Cases of ``split``: the real ``dataset`` at ``dataset_dir`` if present, else stand-in data.
+
+    Args:
+        dataset: the dataset's name, as in ``data_manifests/<dataset>.json``.
+        dataset_dir: where the user keeps the real dataset (may not exist).
+        split: ``"train"``, ``"val"`` or ``"test"`` (the manifests' split names).
+        standin_dir: cache folder for generated stand-in files.
+        num_cases: at most this many real cases; exactly this many stand-in cases.
+        image_size: side of generated stand-in images.
+        use_standin: True forces stand-in data, False requires the real data, None picks.
+    """
+    if use_standin is not True:
+        real = real_datalist(dataset, dataset_dir, split)
+        if real:
+            logger.info("using %d %s cases of %s from %s", min(len(real), num_cases), split, dataset, dataset_dir)
+            return real[:num_cases]
+        if use_standin is False:
+            raise FileNotFoundError(
+                f"The {dataset} dataset was not found at {str(dataset_dir)!r}. Get it as described in "
+                f"data_manifests/{dataset}.json and pass --dataset_dir, or drop use_standin=False to "
+                f"train on generated stand-in data."
+            )
+        logger.info("%s not found at %r: using generated stand-in data", dataset, str(dataset_dir))
+    return standin_datalist(dataset, standin_dir, split, num_cases, image_size)
+
+
+def find_bundle(name_or_path: str | os.PathLike) -> Path:
+    """A bundle folder from a path or the name of one of the repository's bundles.
+
+    Raises:
+        FileNotFoundError: the folder does not exist or has no ``configs/`` (with what was expected).
+    """
+    path = Path(name_or_path)
+    if not path.exists() and (BUNDLES_DIR / str(name_or_path)).exists():
+        path = BUNDLES_DIR / str(name_or_path)
+    if not path.is_dir():
+        known = sorted(p.parent.name for p in BUNDLES_DIR.glob("*/configs")) if BUNDLES_DIR.is_dir() else []
+        raise FileNotFoundError(
+            f"Bundle {str(name_or_path)!r} not found: give a bundle folder or one of {known}."
+        )
+    if not (path / "configs").is_dir():
+        raise FileNotFoundError(
+            f"{str(path)!r} is not a MONAI bundle: it has no configs/ folder. A bundle holds "
+            f"configs/metadata.json and configs/inference.json (see bundles/fundus_resnet18)."
+        )
+    return path

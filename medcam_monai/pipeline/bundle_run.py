@@ -1,0 +1,164 @@
+"""Running a bundle and its explainer on one DICOM series: the step's only contact with the model.
+
+The bundle's own ``configs/inference.json`` runs (MONAI ``ConfigWorkflow``, through
+:func:`medcam_monai.cli.run_bundle`) with the overrides ``medcam-monai explain`` uses: a one-case
+datalist, ``LoadDicomd`` as the first preprocessing transform, and the DICOM writers of the
+:class:`~medcam_monai.handlers.ExplanationHandler` in its ``explanation`` entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medcam_monai.pipeline.errors import PipelineError
+from medcam_monai.pipeline.identity import OutputIdentity, output_identity
+
+__all__ = ["BundleRunner", "BundleRunError", "SEG_TYPES", "parse_override"]
+
+SEG_TYPES = ("BINARY", "FRACTIONAL", "LABELMAP")
+
+
+class BundleRunError(PipelineError):
+    """The bundle failed on a series; the message is the underlying error (e.g. IrregularSpacingError)."""
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    """The error under MONAI's config wrappers ('Failed to evaluate ...', 'applying transform ...')."""
+    seen = set()
+    while e.__cause__ is not None and id(e) not in seen:
+        if not (isinstance(e, RuntimeError) and str(e).startswith(("Failed to", "applying transform"))):
+            break
+        seen.add(id(e))
+        e = e.__cause__
+    return e
+
+
+def _logs_off_stdout() -> None:
+    """Point every logging handler that writes to stdout at stderr instead.
+
+    MONAI's loggers (and bundles' ``logging.conf``) log to stdout, where the step prints its JSON
+    lines; handlers created at import hold the stdout object itself, so redirecting ``sys.stdout``
+    alone does not move them.
+    """
+    outs = {id(sys.stdout), id(sys.__stdout__)}
+    loggers = [logging.getLogger()] + [x for x in logging.Logger.manager.loggerDict.values() if isinstance(x, logging.Logger)]
+    for log in loggers:
+        for handler in log.handlers:
+            if isinstance(handler, logging.StreamHandler) and id(handler.stream) in outs:
+                handler.setStream(sys.stderr)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` (value JSON, else a plain string) -> ``(key, value)``; ``#`` nests config ids."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"A bundle override is key=value (value in JSON, e.g. explain_class=1 or pixels=image), got {text!r}.")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return key.strip(), parsed
+
+
+@dataclass
+class BundleRunner:
+    """One bundle, ready to explain series.
+
+    Args:
+        bundle: bundle name (see ``medcam-monai list``) or folder.
+        bundle_root: folder holding ``models/model.pt`` (default: the bundle folder).
+        weights: a state dict file of the bundle's network (default ``<bundle_root>/models/model.pt``).
+        seg_type: DICOM-SEG type, one of :data:`SEG_TYPES` (BINARY is stored by every PACS).
+        overrides: extra bundle config overrides (config id -> value), e.g. ``{"explain_class": 1}``.
+        uid_root: UID prefix of the outputs' derived UIDs.
+    """
+
+    bundle: str | os.PathLike
+    bundle_root: str | os.PathLike | None = None
+    weights: str | os.PathLike | None = None
+    seg_type: str = "BINARY"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    uid_root: str | None = None
+
+    def __post_init__(self) -> None:
+        from medcam_monai.bundle_utils import find_bundle
+        from medcam_monai.weights import WeightsError, check_weights_file
+
+        self.folder = find_bundle(self.bundle)
+        self.seg_type = str(self.seg_type).upper()
+        if self.seg_type not in SEG_TYPES:
+            raise ValueError(f"seg_type must be one of {SEG_TYPES}, got {self.seg_type!r}.")
+        meta_path = self.folder / "configs" / "metadata.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        self.name = self.folder.name
+        self.version = str(meta.get("version") or "")
+        if not self.version:
+            raise ValueError(f"{meta_path} has no \"version\": the outputs' identity (and de-duplication) depends on it.")
+        self.root = Path(self.bundle_root) if self.bundle_root else self.folder
+        self.ckpt = Path(self.weights) if self.weights else self.root / "models" / "model.pt"
+        try:
+            check_weights_file(self.ckpt)  # before the first study, not after a night of failures
+        except WeightsError as e:
+            raise WeightsError(f"{e} For the pipeline: pass --weights FILE or --bundle-root FOLDER (holding models/model.pt).") from None
+
+    @property
+    def kinds(self) -> dict[str, int]:
+        """Output kind -> Series Number: the SEG (its type is part of its identity) and the Parametric Map."""
+        return {f"dicom_seg/{self.seg_type}": 901, "parametric_map": 902}
+
+    def identities(self, source_series_uid: str) -> list[OutputIdentity]:
+        """The outputs explaining ``source_series_uid`` will have."""
+        extra = {"uid_root": self.uid_root} if self.uid_root else {}
+        return [output_identity(source_series_uid, self.name, self.version, kind, number, **extra) for kind, number in self.kinds.items()]
+
+    def _writers(self) -> list[dict[str, Any]]:
+        desc = f"{self.name} {self.version}"
+        return [
+            {"name": "dicom_seg", "segmentation_type": self.seg_type, "series_number": 901,
+             "series_description": f"{desc} explanation SEG"[:64]},
+            {"name": "parametric_map", "series_number": 902, "series_description": f"{desc} explanation map"[:64]},
+        ]
+
+    def run(self, series_folder: str | os.PathLike, series_uid: str, out_dir: str | os.PathLike) -> dict[str, Path]:
+        """Explain the series ``series_uid`` found in ``series_folder``; return output kind -> file.
+
+        The bundle's console logging goes to stderr, keeping stdout for the step's JSON lines.
+        """
+        from medcam_monai.cli import run_bundle
+
+        out_dir = Path(out_dir)
+        override: dict[str, Any] = {
+            "bundle_root": str(self.root),
+            "ckpt_path": str(self.ckpt),
+            "output_dir": str(out_dir),
+            "progress": False,
+            "datalist": [{"image": str(series_folder)}],
+            "preprocessing#transforms#0": {"_target_": "medcam_monai.io.LoadDicomd", "keys": "image", "series_uid": series_uid},
+            "explanation#writers": self._writers(),
+        }
+        override.update(self.overrides)
+        _logs_off_stdout()
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                run_bundle(self.folder, "inference.json", **override)
+        except Exception as e:
+            cause = _root_cause(e)
+            raise BundleRunError(f"{type(cause).__name__}: {cause}") from e
+        records = json.loads((out_dir / "explanations" / "explanations.json").read_text())
+        if len(records) != 1:
+            raise RuntimeError(f"The bundle explained {len(records)} cases for one series; expected 1 (see {out_dir}).")
+        outputs = records[0].get("outputs") or {}
+        files = {}
+        for kind in self.kinds:
+            path = outputs.get(kind.split("/")[0])
+            if not path or not Path(path).is_file():
+                raise RuntimeError(f"The bundle wrote no {kind} output for series {series_uid} (outputs: {outputs}).")
+            files[kind] = Path(path)
+        return files

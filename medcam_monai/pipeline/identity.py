@@ -1,0 +1,88 @@
+"""Deterministic identity of the step's outputs, so a re-run can tell what the PACS already holds.
+
+The writers give every object fresh random UIDs. The step replaces them with UIDs derived from
+(source series, bundle name, bundle version, output kind): running the same bundle version on the
+same series again yields the same Series and SOP Instance UIDs, which the step looks up in the
+PACS before storing. A new bundle version (or another output kind, e.g. LABELMAP instead of
+BINARY) gives a new series, so results of different models never overwrite each other.
+Retrained weights under the same version count as the same results: bump the bundle's version
+(and its changelog, as MONAI bundles do) when the weights change.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import generate_uid
+
+from medcam_monai.io import atomic_path
+
+__all__ = ["OutputIdentity", "output_identity", "stamp_identity", "DEFAULT_UID_ROOT"]
+
+# pydicom's UID root (its generate_uid default); a site with its own root passes --uid-root
+DEFAULT_UID_ROOT = "1.2.826.0.1.3680043.8.498."
+_SCHEME = "medcam-monai pipeline output v1"  # changing it would re-store every result under new UIDs
+
+
+@dataclass(frozen=True)
+class OutputIdentity:
+    """The UIDs one output object of one source series gets.
+
+    Args:
+        kind: output kind, e.g. ``"dicom_seg/BINARY"`` or ``"parametric_map"``.
+        series_instance_uid: of the output series (one object per series).
+        sop_instance_uid: of the output object.
+        series_number: DICOM Series Number of the output.
+    """
+
+    kind: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    series_number: int
+
+
+def output_identity(
+    source_series_uid: str, bundle_name: str, bundle_version: str, kind: str, series_number: int, uid_root: str = DEFAULT_UID_ROOT
+) -> OutputIdentity:
+    """UIDs derived (SHA-512, by ``pydicom.uid.generate_uid``) from what makes the output what it is.
+
+    Args:
+        source_series_uid: SeriesInstanceUID of the explained series.
+        bundle_name, bundle_version: the bundle (folder name) and its ``metadata.json`` version.
+        kind: the output kind (includes the SEG type: BINARY and LABELMAP are different objects).
+        series_number: Series Number to give the output.
+        uid_root: UID prefix, ending with ``.`` (at most 54 characters).
+    """
+    for name, value in (("source_series_uid", source_series_uid), ("bundle_name", bundle_name),
+                        ("bundle_version", bundle_version), ("kind", kind)):
+        if not value:
+            raise ValueError(f"output_identity needs a non-empty {name}.")
+    if not uid_root.endswith(".") or len(uid_root) > 54 or not all(p.isdigit() for p in uid_root[:-1].split(".")):
+        raise ValueError(f"uid_root must be digits and dots ending with '.', at most 54 characters, got {uid_root!r}.")
+    key = [_SCHEME, source_series_uid, bundle_name, bundle_version, kind]
+    return OutputIdentity(
+        kind=kind,
+        series_instance_uid=generate_uid(uid_root, entropy_srcs=[*key, "series"]),
+        sop_instance_uid=generate_uid(uid_root, entropy_srcs=[*key, "instance"]),
+        series_number=int(series_number),
+    )
+
+
+def stamp_identity(path: str | os.PathLike, identity: OutputIdentity, dest: str | os.PathLike | None = None) -> Path:
+    """Give the DICOM object at ``path`` the UIDs of ``identity``; write it (atomically) to ``dest``.
+
+    Safe because a freshly written SEG or Parametric Map references only its source images, never
+    its own UIDs; the file meta's Media Storage SOP Instance UID is kept in step.
+    """
+    ds = pydicom.dcmread(path)
+    ds.SeriesInstanceUID = identity.series_instance_uid
+    ds.SOPInstanceUID = identity.sop_instance_uid
+    ds.SeriesNumber = identity.series_number
+    ds.file_meta.MediaStorageSOPInstanceUID = identity.sop_instance_uid
+    out = Path(dest if dest is not None else path)
+    with atomic_path(out) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
+    return out

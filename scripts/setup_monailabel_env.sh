@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Build (or check) the virtual environment that runs the MONAI Label explain app (monailabel_app/).
+#
+# MONAI Label 0.8.5 needs numpy<2, the main environment numpy 2, so the app gets its own venv. It is
+# made with --system-site-packages on top of the main environment's Python: torch, monai, nibabel and
+# itk are reused (nothing large is downloaded) and the venv's own packages (monailabel and its locked
+# dependencies, numpy 1.26 among them) shadow the main ones.
+#
+#   MEDCAM_MONAILABEL_VENV  where the venv goes (default: <repo>/.venv-monailabel)
+#   PYTHON                  the main environment's interpreter (default: python3)
+#
+# Idempotent: a stamp holding the hash of the requirement files is written last; when it matches and
+# the smoke import passes, nothing is done. Prints the venv's python path on its last line.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+VENV="${MEDCAM_MONAILABEL_VENV:-$ROOT/.venv-monailabel}"
+PYTHON="${PYTHON:-python3}"
+REQ="$ROOT/monailabel_app/requirements.txt"
+CON="$ROOT/monailabel_app/constraints.txt"
+STAMP="$VENV/.medcam-monailabel-stamp"
+SMOKE='import monailabel, numpy, torch, monai, medcam_monai.cam, medcam_monai.medcam; assert numpy.__version__.startswith("1."), numpy.__version__'
+
+want="$(cat "$REQ" "$CON" "$0" | sha256sum | cut -d' ' -f1)"
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -c "$SMOKE" >/dev/null 2>&1; then
+  echo "MONAI Label venv is up to date: $VENV" >&2
+  echo "$VENV/bin/python"
+  exit 0
+fi
+
+if ! "$PYTHON" -c "import torch, monai" >/dev/null 2>&1; then
+  echo "error: $PYTHON has no torch/monai; install the main environment first (pip install -e .)" >&2
+  exit 1
+fi
+
+start=$SECONDS
+rm -f "$STAMP"
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv --system-site-packages "$VENV"
+PIP=("$VENV/bin/python" -m pip -q --disable-pip-version-check)
+
+# sam2 (a monailabel dependency) ships only as an sdist whose build requires torch: built in pip's
+# isolated build environment it downloads a full CUDA torch (several GB, ~3.5 min) just to read its
+# metadata. Built against the torch already here, without its CUDA extension, it takes seconds.
+"${PIP[@]}" install -c "$CON" "setuptools>=70.1" wheel
+SAM2_BUILD_CUDA=0 "${PIP[@]}" install --no-build-isolation --no-deps -c "$CON" sam2
+
+"${PIP[@]}" install -r "$REQ" -c "$CON"
+# The project itself, without its dependencies (highdicom, pydicom 3 pins): the app imports only the
+# explainers, which need torch, monai and tqdm.
+"${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT"
+
+"$VENV/bin/python" -c "$SMOKE"
+echo "$want" > "$STAMP"
+echo "MONAI Label venv built in $((SECONDS - start)) s: $VENV" >&2
+echo "$VENV/bin/python"
