@@ -180,6 +180,18 @@ def test_early_stopping_reports_why_and_stops_cases_independently():
     assert ex.history["total"].shape[0] <= 6
 
 
+def test_mask_change_is_one_minus_iou():
+    from medcam_monai.medcam.explainer import _mask_change
+
+    a = torch.zeros(8, 8, dtype=torch.bool)
+    b = a.clone()
+    a[:2, :4] = True  # 8 pixels
+    b[:2, 2:6] = True  # 8 pixels, 4 shared: IoU 4 / 12
+    assert _mask_change(a, b) == pytest.approx(1 - 4 / 12)
+    assert _mask_change(a, a) == 0.0
+    assert _mask_change(torch.zeros_like(a), torch.zeros_like(a)) == 0.0
+
+
 def test_warm_start_starts_from_a_trained_unet():
     model = small_cnn()
     x = torch.rand(1, 1, 16, 16)

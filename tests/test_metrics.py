@@ -13,13 +13,6 @@ from medcam_monai import metrics as M
 from medcam_monai.explanation import Explanation
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny tensors: thread hand-offs cost more than the work on shared 2-core machines
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class Linear2(nn.Module):

@@ -9,13 +9,6 @@ from torch import nn
 from medcam_monai import phantoms as P
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # small tensors: thread hand-offs cost more than the work on shared 2-core machines
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_marker_phantoms_unchanged():

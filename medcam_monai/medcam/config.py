@@ -60,15 +60,19 @@ class EarlyStopping:
     """Stop a case once its decision is kept and its binary mask has stopped changing.
 
     Every ``check_every`` steps after ``min_steps``, a case is *settled* when ``argmax f(e)`` (and,
-    with ``require_robust``, ``argmax f(m*x + (1-m)*r)``) equals the target and the fraction of
-    voxels whose binary mask flipped since the last check is at most ``mask_change``. A case stops
-    after ``patience`` settled checks in a row.
+    with ``require_robust``, ``argmax f(m*x + (1-m)*r)``) equals the target and its binary mask
+    changed by at most ``mask_change`` since the last check, measured as ``1 - IoU`` of the two
+    masks (the fraction of the masks' union that flipped: relative to the mask, so a small mask's
+    boundary jitter and a large mask's are judged alike). A case stops after ``patience`` settled
+    checks in a row. The default 0.15 tolerates the boundary of a mask of a few percent of the image
+    moving by one U-Net pixel; measured on ResNet-18 at 224x224 (benchmarks/bench_medcam.py) it
+    stops after 60-130 steps with every decision kept, where 0.05 ran to 120-300 steps.
     """
 
     min_steps: int = 40
     check_every: int = 10
     patience: int = 2
-    mask_change: float = 0.002
+    mask_change: float = 0.15
     require_robust: bool = True
 
     def __post_init__(self) -> None:

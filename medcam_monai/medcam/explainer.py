@@ -38,6 +38,12 @@ _UNET_DEPTH = 16  # BasicUNet halves the grid four times
 _UNET_MIN = 32  # and its instance norm needs more than one voxel at the bottom
 
 
+def _mask_change(before: torch.Tensor, after: torch.Tensor) -> float:
+    """``1 - IoU`` of two binary masks; 0 when both are empty."""
+    union = (before | after).sum()
+    return 0.0 if int(union) == 0 else 1.0 - float((before & after).sum() / union)
+
+
 class MaskedInputError(RuntimeError):
     """The classifier failed on a masked image although it ran on the original."""
 
@@ -362,12 +368,12 @@ class MedCAM:
                 still = []
                 for j, i in enumerate(idx):
                     prev = last_binary.get(i)
-                    change = 1.0 if prev is None else float((binary[j] != prev).float().mean())
+                    change = 1.0 if prev is None else _mask_change(prev, binary[j])
                     last_binary[i] = binary[j]
                     settled[i] = settled[i] + 1 if (bool(keep[j]) and change <= stop.mask_change) else 0
                     if settled[i] >= stop.patience:
                         reasons[i] = (
-                            f"converged: decision kept and binary mask changed by <= {stop.mask_change:.2%} "
+                            f"converged: decision kept and binary mask changed by <= {stop.mask_change:.0%} (1 - IoU) "
                             f"over {stop.patience} checks of {stop.check_every} steps"
                         )
                     else:
