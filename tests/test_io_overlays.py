@@ -84,9 +84,13 @@ def test_png_overlay_2d(tmp_path):
     assert ref.spatial_shape == (30, 40) and ref.format == "2d"  # MONAI's (x, y)
     mask = np.zeros((1, 30, 40), np.float32)
     mask[0, 5:15, 10:30] = 1  # x 5..14, y 10..29
-    out = write_png_overlay(explanation_on(d["image"], mask, "mask"), ref, tmp_path / "o.png")
+    out = write_png_overlay(explanation_on(d["image"], mask, "mask"), ref, tmp_path / "o.png", min_size=0)
     png = np.asarray(Image.open(out))
     assert png.shape == (40, 3 * 30 + 8, 3)
+    # by default a small image is enlarged by a whole factor until its shorter side is >= 256 px
+    big = np.asarray(Image.open(write_png_overlay(explanation_on(d["image"], mask, "mask"), ref, tmp_path / "b.png")))
+    assert big.shape == (9 * 40, 3 * 9 * 30 + 8, 3)
+    assert np.array_equal(big[::9, : 9 * 30 : 9], png[:, :30])
     assert np.corrcoef(png[:, :30, 0].ravel(), arr.ravel())[0, 1] > 0.99  # panel 1: the image as stored (windowed)
     contour = png[:, 30 + 4 + 30 + 4 :]
     edge = np.all(contour == CONTOUR_COLOR, axis=-1)
@@ -100,8 +104,8 @@ def test_png_overlay_3d_chosen_slices(tmp_path):
     heat[0, 4:8, 4:8, 3] = 1.0
     exp = explanation_on(d["image"], heat, "heatmap", method="grad_cam")
     out = write_png_overlay(exp, d["source_image"], tmp_path / "auto.png")
-    assert np.asarray(Image.open(out)).shape == (16, 3 * 16 + 8, 3)  # the most explained slice
-    out = write_png_overlay(exp, d["source_image"], tmp_path / "two.png", slices=[0, 3])
+    assert np.asarray(Image.open(out)).shape == (256, 3 * 256 + 8, 3)  # the most explained slice, x16
+    out = write_png_overlay(exp, d["source_image"], tmp_path / "two.png", slices=[0, 3], min_size=0)
     png = np.asarray(Image.open(out))
     assert png.shape == (2 * 16 + 4, 3 * 16 + 8, 3)
     second_heat = png[20:, 20:36].astype(int)

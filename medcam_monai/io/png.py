@@ -35,7 +35,15 @@ def _window(image: np.ndarray) -> np.ndarray:
     return np.repeat(g[..., None], 3, axis=-1)
 
 
-def _panels(rgb: np.ndarray, heat: np.ndarray, mask: np.ndarray, alpha: float, cmap: str) -> np.ndarray:
+def _magnify(a: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour enlargement by an integer ``factor`` (pixels stay honest squares)."""
+    return a if factor == 1 else a.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def _panels(rgb: np.ndarray, heat: np.ndarray, mask: np.ndarray, alpha: float, cmap: str, min_size: int = 0) -> np.ndarray:
+    # small sources (a 64 px tile, a down-sampled test CT) would make a PNG nobody can read
+    factor = max(1, -(-min_size // min(rgb.shape[:2]))) if min_size > 0 else 1
+    rgb, heat, mask = _magnify(rgb, factor), _magnify(heat, factor), _magnify(mask, factor)
     coloured = (colormaps[cmap](heat)[..., :3] * 255).astype(np.float32)
     blend = ((1 - alpha * heat[..., None]) * rgb + alpha * heat[..., None] * coloured).astype(np.uint8)
     contour = rgb.copy()
@@ -57,6 +65,7 @@ def write_png_overlay(
     threshold: float = 0.5,
     alpha: float = 0.5,
     cmap: str = "jet",
+    min_size: int = 256,
 ) -> Path:
     """Write a PNG with three panels per row: the image, the image under the heatmap, the image with
     the mask contour (green). 3D sources give one row per chosen slice (last axis).
@@ -77,6 +86,8 @@ def write_png_overlay(
         threshold: contour level for heatmaps, in ``[0, 1]`` of the scaled map.
         alpha: heatmap opacity at its maximum.
         cmap: a matplotlib colormap name for the heatmap.
+        min_size: each panel's shorter side is enlarged (nearest neighbour, by a whole factor) to at
+            least this many pixels so small images stay readable; 0 keeps the source's pixels 1:1.
 
     Returns:
         The path written.
@@ -102,9 +113,9 @@ def write_png_overlay(
         bad = [s for s in chosen if not -n <= s < n]
         if bad:
             raise ValueError(f"slices {bad} out of range for a volume of {n} slices.")
-        rows = [_panels(_window(to_rows(pixels[..., s])), to_rows(heat[..., s]), to_rows(mask[..., s]), alpha, cmap) for s in chosen]
+        rows = [_panels(_window(to_rows(pixels[..., s])), to_rows(heat[..., s]), to_rows(mask[..., s]), alpha, cmap, min_size) for s in chosen]
     elif len(ref.spatial_shape) == 2:
-        rows = [_panels(_window(to_rows(pixels)), to_rows(heat), to_rows(mask), alpha, cmap)]
+        rows = [_panels(_window(to_rows(pixels)), to_rows(heat), to_rows(mask), alpha, cmap, min_size)]
     else:
         raise ValueError(f"PNG overlays need a 2D or 3D source, got {len(ref.spatial_shape)}D.")
     sep = np.full((4, rows[0].shape[1], 3), 255, np.uint8)
