@@ -15,7 +15,9 @@ from medcam_monai.bundle_utils import BUNDLES_DIR
 
 torch.set_num_threads(1)  # two xdist workers on two cores: more threads only oversubscribe
 
-SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "monai" / "meta_schema_20240725.json"
+# MONAI's official bundle metadata schema (meta_schema_20240725.json), kept in the repo so that
+# verify_metadata runs offline on any checkout (it would otherwise download it)
+SCHEMA = Path(__file__).resolve().parent / "data" / "meta_schema_20240725.json"
 BUNDLES = ["fundus_resnet18", "brain_mri_mobilenet_v2", "dermoscopy_convnext_small", "histology_vit_b16", "kidney_ct_unet3d"]
 SEGMENTATION = {"kidney_ct_unet3d"}
 # one subprocess environment for all runs: single-threaded, the repository importable
