@@ -21,24 +21,10 @@ SDK="monai-deploy-app-sdk==4.0.0"
 STAMP="$VENV/.medcam-deploy-stamp"
 SMOKE='import holoscan, medcam_monai.cam; from monai.deploy.operators.dicom_seg_writer_operator import DICOMSegmentationWriterOperator'
 
-want="$(sha256sum "$0" | cut -d' ' -f1)"
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -c "$SMOKE" >/dev/null 2>&1; then
-  echo "Deploy venv is up to date: $VENV" >&2
-  echo "$VENV/bin/python"
-  exit 0
-fi
-if ! "$PYTHON" -c "import torch, monai, highdicom" >/dev/null 2>&1; then
-  echo "error: $PYTHON lacks torch/monai/highdicom; install the main environment first (pip install -e .)" >&2
-  exit 1
-fi
-start=$SECONDS
-rm -f "$STAMP"
-[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv --system-site-packages "$VENV"
-PIP=("$VENV/bin/python" -m pip -q --disable-pip-version-check)
+want="$(cat "$0" "$(dirname "$0")/_layered_venv.sh" | sha256sum | cut -d' ' -f1)"
+source "$(dirname "$0")/_layered_venv.sh"
+layered_venv_start Deploy "$VENV" "$STAMP" "$want" "$SMOKE" "torch, monai, highdicom"
 MONAI_VERSION="$("$PYTHON" -c 'import monai; print(monai.__version__)')"
 "${PIP[@]}" install "$SDK"
 "${PIP[@]}" install --no-deps --ignore-installed "monai==$MONAI_VERSION" filelock
-"$VENV/bin/python" -c "$SMOKE"
-echo "$want" > "$STAMP"
-echo "Deploy venv built in $((SECONDS - start)) s: $VENV" >&2
-echo "$VENV/bin/python"
+layered_venv_finish Deploy "$VENV" "$STAMP" "$want" "$SMOKE"

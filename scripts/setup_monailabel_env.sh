@@ -20,22 +20,9 @@ CON="$ROOT/monailabel_app/constraints.txt"
 STAMP="$VENV/.medcam-monailabel-stamp"
 SMOKE='import monailabel, numpy, torch, monai, medcam_monai.cam, medcam_monai.medcam; assert numpy.__version__.startswith("1."), numpy.__version__'
 
-want="$(cat "$REQ" "$CON" "$0" | sha256sum | cut -d' ' -f1)"
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -c "$SMOKE" >/dev/null 2>&1; then
-  echo "MONAI Label venv is up to date: $VENV" >&2
-  echo "$VENV/bin/python"
-  exit 0
-fi
-
-if ! "$PYTHON" -c "import torch, monai" >/dev/null 2>&1; then
-  echo "error: $PYTHON has no torch/monai; install the main environment first (pip install -e .)" >&2
-  exit 1
-fi
-
-start=$SECONDS
-rm -f "$STAMP"
-[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv --system-site-packages "$VENV"
-PIP=("$VENV/bin/python" -m pip -q --disable-pip-version-check)
+want="$(cat "$REQ" "$CON" "$0" "$(dirname "$0")/_layered_venv.sh" | sha256sum | cut -d' ' -f1)"
+source "$(dirname "$0")/_layered_venv.sh"
+layered_venv_start "MONAI Label" "$VENV" "$STAMP" "$want" "$SMOKE" "torch, monai"
 
 # sam2 (a monailabel dependency) ships only as an sdist whose build requires torch: built in pip's
 # isolated build environment it downloads a full CUDA torch (several GB, ~3.5 min) just to read its
@@ -48,7 +35,4 @@ SAM2_BUILD_CUDA=0 "${PIP[@]}" install --no-build-isolation --no-deps -c "$CON" s
 # explainers, which need torch, monai and tqdm.
 "${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT"
 
-"$VENV/bin/python" -c "$SMOKE"
-echo "$want" > "$STAMP"
-echo "MONAI Label venv built in $((SECONDS - start)) s: $VENV" >&2
-echo "$VENV/bin/python"
+layered_venv_finish "MONAI Label" "$VENV" "$STAMP" "$want" "$SMOKE"
