@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Explanation", "MASK", "HEATMAP", "like_input"]
+__all__ = ["Explanation", "MASK", "HEATMAP", "like_input", "to_json_value"]
 
 MASK = "mask"
 HEATMAP = "heatmap"
@@ -37,16 +37,17 @@ def _index(value: Any, i: int) -> Any:
     return value
 
 
-def _to_json(value: Any) -> Any:
+def to_json_value(value: Any) -> Any:
+    """Tensors, dicts, lists and floats as JSON-serialisable values (non-finite floats -> None)."""
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu()
         value = value.item() if value.numel() == 1 else value.tolist()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _to_json(v) for k, v in value.items()}
+        return {k: to_json_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_to_json(v) for v in value]
+        return [to_json_value(v) for v in value]
     return value
 
 
@@ -129,16 +130,16 @@ class Explanation:
             record = {
                 "method": self.method,
                 "kind": self.kind,
-                "target": _to_json(case.target[0]),
-                "scores": {k: _to_json(v[0]) for k, v in case.scores.items()},
+                "target": to_json_value(case.target[0]),
+                "scores": {k: to_json_value(v[0]) for k, v in case.scores.items()},
                 "seconds": self.seconds,
-                "settings": _to_json(self.settings),
+                "settings": to_json_value(self.settings),
             }
             if case.steps is not None:
-                record["steps"] = _to_json(case.steps[0])
+                record["steps"] = to_json_value(case.steps[0])
             if case.stop_reason:
                 record["stop_reason"] = case.stop_reason[0]
             if case.history:
-                record["final_losses"] = {k: _to_json(v[-1, 0]) for k, v in case.history.items() if len(v)}
+                record["final_losses"] = {k: to_json_value(v[-1, 0]) for k, v in case.history.items() if len(v)}
             records.append(record)
         return records

@@ -36,7 +36,7 @@ from monai.data import MetaTensor, decollate_batch
 from monai.inferers import SlidingWindowInferer
 from torch import nn
 
-from medcam_monai.explanation import Explanation
+from medcam_monai.explanation import Explanation, to_json_value
 from medcam_monai.hooks import gradients_enabled, resolve_layer, unwrap_model
 from medcam_monai.io.reference import SOURCE_META_KEY
 
@@ -150,15 +150,6 @@ def _accepts(fn: Callable, name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu()
-        return value.item() if value.numel() == 1 else value.tolist()
-    if isinstance(value, (list, tuple)):
-        return [_json_value(v) for v in value]
-    return value
 
 
 class ExplanationHandler:
@@ -409,10 +400,10 @@ class ExplanationHandler:
             }
         )
         if self.label_key and self.label_key in item:
-            record["label"] = _json_value(item[self.label_key])
+            record["label"] = to_json_value(item[self.label_key])
         pred = out.get(self.pred_key) if isinstance(out, Mapping) else None
         if isinstance(pred, torch.Tensor) and pred.ndim == 1:  # classifier output (probabilities/logits)
-            record["pred"] = _json_value(pred)
+            record["pred"] = to_json_value(pred)
             record["pred_class"] = int(pred.argmax())
         path = self.output_dir / "records" / f"{case_id}.json"
         path.write_text(json.dumps(record, indent=2))
