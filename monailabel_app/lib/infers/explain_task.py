@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from monai.data import MetaTensor
+from monai.transforms import CopyItemsd, EnsureChannelFirstd, EnsureTyped, LoadImaged, Orientationd
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
@@ -101,6 +102,19 @@ class ExplainTask(BasicInferTask):
     def explain(self, network: torch.nn.Module, x: torch.Tensor, data: dict) -> Explanation:
         """Explain the pre-processed batch ``x`` (1, C, *spatial) with ``network``; ``data`` holds the
         request parameters merged over :meth:`config`. Runs with gradients enabled."""
+
+    @staticmethod
+    def loading_transforms() -> list:
+        """The head every explain task's pre-transforms share: the reviewer's image, copied to
+        :data:`VOLUME` (float, channel first, RAS). The copy keeps MONAI Label's ``image`` key out of
+        the spatial transforms (``Spacingd`` would treat its ``image_path`` string as metadata)."""
+        return [
+            LoadImaged(keys="image", image_only=True),
+            CopyItemsd(keys="image", names=VOLUME),
+            EnsureTyped(keys=VOLUME, dtype=torch.float32),
+            EnsureChannelFirstd(keys=VOLUME),
+            Orientationd(keys=VOLUME, axcodes="RAS"),
+        ]
 
     def inverse_transforms(self, data=None):
         return []  # every invertible pre-transform: the map goes back to the image's grid

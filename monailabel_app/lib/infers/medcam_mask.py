@@ -7,11 +7,6 @@ from typing import Any
 
 import torch
 from monai.transforms import (
-    CopyItemsd,
-    EnsureChannelFirstd,
-    EnsureTyped,
-    LoadImaged,
-    Orientationd,
     Resized,
     ScaleIntensityRanged,
     SqueezeDimd,
@@ -64,11 +59,7 @@ class MedCAMMask(ExplainTask):
 
     def pre_transforms(self, data=None):
         return [
-            LoadImaged(keys="image", image_only=True),
-            CopyItemsd(keys="image", names=VOLUME),
-            EnsureTyped(keys=VOLUME, dtype=torch.float32),
-            EnsureChannelFirstd(keys=VOLUME),
-            Orientationd(keys=VOLUME, axcodes="RAS"),
+            *self.loading_transforms(),
             ScaleIntensityRanged(keys=VOLUME, a_min=self.window[0], a_max=self.window[1], b_min=0.0, b_max=1.0,
                                  clip=True),
             Resized(keys=VOLUME, spatial_size=self.input_size, mode="trilinear"),

@@ -7,12 +7,7 @@ from typing import Any
 import torch
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import (
-    CopyItemsd,
     DivisiblePadd,
-    EnsureChannelFirstd,
-    EnsureTyped,
-    LoadImaged,
-    Orientationd,
     ScaleIntensityRanged,
     Spacingd,
     SqueezeDimd,
@@ -61,11 +56,7 @@ class SegHiResGradCAMHeatmap(ExplainTask):
 
     def pre_transforms(self, data=None):
         return [
-            LoadImaged(keys="image", image_only=True),
-            CopyItemsd(keys="image", names=VOLUME),
-            EnsureTyped(keys=VOLUME, dtype=torch.float32),
-            EnsureChannelFirstd(keys=VOLUME),
-            Orientationd(keys=VOLUME, axcodes="RAS"),
+            *self.loading_transforms(),
             Spacingd(keys=VOLUME, pixdim=self.pixdim, mode="bilinear"),
             ScaleIntensityRanged(keys=VOLUME, a_min=self.window[0], a_max=self.window[1], b_min=0.0, b_max=1.0,
                                  clip=True),
