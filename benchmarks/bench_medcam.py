@@ -37,7 +37,7 @@ TRAIN_CASES, EPOCHS = 256, 10  # ~160 optimiser steps: fewer left ResNet-18 at c
 
 
 def phantoms(n: int, seed: int):
-    from medcam_monai.phantoms import marker_phantoms
+    from medcam_monai.data.phantoms import marker_phantoms
 
     # periods of 8-12 px survive the networks' stride-4 stems at 224x224
     return marker_phantoms(n, size=SIZE, num_classes=CLASSES, channels=3, absent_class=True, stripe_scale=4, seed=seed)

@@ -48,7 +48,7 @@ def run_mode(mode: str, size, roi: int, repeats: int) -> dict:
             with torch.no_grad():
                 inferer(x, net)
         elif mode == "cam":
-            e = SegHiResGradCAM(net, inferer=inferer)(x, classes=1)
+            e = SegHiResGradCAM(net, inferer=inferer)(x, target=1)
             info = {"voxels_in_M": int(e.scores["pixels"][0, 0]), "windows": e.settings["sliding_window"]["windows"]}
         elif mode == "naive":
             from medcam_monai.hooks import frozen

@@ -81,7 +81,7 @@ class ExplainSegApp(Application):
             DivisiblePadd("image", k=8),  # the UNet halves the grid three times
         ])
         self.explain_op = ExplainOperator(
-            self, explainer=lambda x: cam(x, classes=self.target, pixels="image"), pre_transforms=pre,
+            self, explainer=lambda x: cam(x, target=self.target, pixels="image"), pre_transforms=pre,
             levels=self.levels, name="explain",
         )
         writer = DICOMSegmentationWriterOperator(self, segment_descriptions=segment_descriptions(self.levels),

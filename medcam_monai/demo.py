@@ -15,7 +15,6 @@ and prints where every output is.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -51,51 +50,69 @@ def _step(i: int, n: int, text: str) -> float:
     return time.perf_counter()
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    """Run the demo with the ``demo`` subcommand's arguments; returns the exit code."""
+def run_demo(
+    output: str | Path = "medcam-demo",
+    *,
+    quick: bool = False,
+    cases: int = 4,
+    steps: int = 150,
+    epochs: int = 8,
+    train_cases: int = 192,
+    image_size: int = 64,
+    volume_size: int = 48,
+) -> int:
+    """Run the demo into ``output``; returns the exit code.
+
+    Args:
+        output: the demo's folder.
+        quick: tiny sizes and few steps (a smoke test, about a minute).
+        cases: 2D cases explained with Med-CAM.
+        steps: Med-CAM steps per case (early stopping may end sooner).
+        epochs, train_cases, image_size: training of the 2D classifier.
+        volume_size: stand-in CT volume side for the 3D bundle.
+    """
     from PIL import Image
 
-    from medcam_monai.bundle_utils import find_bundle, standin_datalist
-    from medcam_monai.cli import CLIError, _check_writable, _explain, _train, input_cases
+    from medcam_monai.bundle import WSIRegion, explain_with_bundle, find_bundle, train_bundle
+    from medcam_monai.data.standins import standin_datalist
+    from medcam_monai.errors import InputError
+    from medcam_monai.io.atomic import check_writable_dir
+    from medcam_monai.io.formats import input_cases
 
-    if args.quick:
-        args.cases, args.steps, args.epochs, args.train_cases = 2, 5, 1, 16
-        args.image_size, args.volume_size = 32, 32
-    out = Path(args.output).resolve()
-    _check_writable(out)
+    if quick:
+        cases, steps, epochs, train_cases, image_size, volume_size = 2, 5, 1, 16, 32, 32
+    out = check_writable_dir(Path(output).resolve(), "choose another with --output")
     start = time.perf_counter()
     fundus, kidney = find_bundle("fundus_resnet18"), find_bundle("kidney_ct_unet3d")
     fundus_root, kidney_root = out / "fundus_resnet18", out / "kidney_ct_unet3d"
     results: dict[str, list[dict]] = {}
     n = 5
 
-    t = _step(1, n, f"train fundus_resnet18 (ResNet-18) on {args.train_cases} stand-in fundus images, {args.epochs} epochs")
-    weights = _train(str(fundus), fundus_root, args.epochs, args.train_cases, args.image_size, None)
+    t = _step(1, n, f"train fundus_resnet18 (ResNet-18) on {train_cases} stand-in fundus images, {epochs} epochs")
+    weights = train_bundle(fundus, fundus_root, epochs=epochs, num_cases=train_cases, image_size=image_size)
     print(f"weights: {weights} ({time.perf_counter() - t:.0f} s)")
 
-    t = _step(2, n, f"explain {args.cases} stand-in fundus test images with Med-CAM inside the bundle's evaluator")
-    explain_args = argparse.Namespace(writers=None, steps=args.steps, image_size=args.image_size)
-    results["Med-CAM, fundus (2D)"] = _explain(
-        fundus, fundus_root, out / "fundus_medcam", None, None, explain_args,
-        extra={"num_cases": args.cases, "explanation#writers": ["png", "nifti"]},
+    t = _step(2, n, f"explain {cases} stand-in fundus test images with Med-CAM inside the bundle's evaluator")
+    results["Med-CAM, fundus (2D)"] = explain_with_bundle(
+        fundus, out / "fundus_medcam", root=fundus_root, writers=["png", "nifti"], steps=steps, image_size=image_size,
+        overrides={"num_cases": cases},
     )
     print(f"({time.perf_counter() - t:.0f} s)")
 
     t = _step(3, n, "explain a region of a stand-in whole-slide pyramid (tiled TIFF) with Med-CAM")
     tiles = [np.asarray(Image.open(d["image"]).convert("RGB"))
-             for d in standin_datalist("idrid_grading", fundus_root / "standin_data", "test", 4, args.image_size)]
+             for d in standin_datalist("idrid_grading", fundus_root / "standin_data", "test", 4, image_size)]
     (out / "inputs").mkdir(exist_ok=True)
     slide = make_standin_slide(out / "inputs" / "standin_slide.tif", tiles)
-    wsi_args = argparse.Namespace(writers=["wsi", "geojson", "png"], steps=args.steps, image_size=args.image_size,
-                                  wsi_level=0, wsi_location=(0, args.image_size), wsi_size=args.image_size)
     kind, datalist = input_cases(slide)
-    results["Med-CAM, whole-slide region"] = _explain(fundus, fundus_root, out / "wsi_medcam", datalist, kind, wsi_args)
+    results["Med-CAM, whole-slide region"] = explain_with_bundle(
+        fundus, out / "wsi_medcam", root=fundus_root, datalist=datalist, kind=kind, writers=["wsi", "geojson", "png"],
+        steps=steps, image_size=image_size, wsi=WSIRegion(0, (0, image_size), image_size),
+    )
     print(f"({time.perf_counter() - t:.0f} s)")
 
-    t = _step(4, n, f"train kidney_ct_unet3d (MONAI 3D UNet) on stand-in CT volumes of {args.volume_size}^3")
-    ct_epochs = 1 if args.quick else 12
-    ct_cases = 4 if args.quick else 12
-    weights = _train(str(kidney), kidney_root, ct_epochs, ct_cases, args.volume_size, None)
+    t = _step(4, n, f"train kidney_ct_unet3d (MONAI 3D UNet) on stand-in CT volumes of {volume_size}^3")
+    weights = train_bundle(kidney, kidney_root, epochs=1 if quick else 12, num_cases=4 if quick else 12, image_size=volume_size)
     print(f"weights: {weights} ({time.perf_counter() - t:.0f} s)")
 
     t = _step(5, n, "explain the real CT series from pydicom's wheel with Seg-HiRes-Grad CAM (sliding window)")
@@ -104,13 +121,12 @@ def run_demo(args: argparse.Namespace) -> int:
 
         series = get_testdata_file(DEMO_CT_SERIES)
     except Exception as e:  # noqa: BLE001 - an old or trimmed pydicom
-        raise CLIError(f"pydicom's test CT series {DEMO_CT_SERIES} is not available ({e}); upgrade pydicom>=3.") from None
+        raise InputError(f"pydicom's test CT series {DEMO_CT_SERIES} is not available ({e}); upgrade pydicom>=3.") from None
     kind, datalist = input_cases(series)
-    ct_args = argparse.Namespace(writers=None, steps=None, image_size=None)
     # whole-image pixel set: a phantom-trained net need not predict kidney on this real series
-    results["Seg-HiRes-Grad CAM, real CT (DICOM)"] = _explain(
-        kidney, kidney_root, out / "ct_seg_hires_grad_cam", datalist, kind, ct_args,
-        extra={"explain_class": 1, "pixels": "image"},
+    results["Seg-HiRes-Grad CAM, real CT (DICOM)"] = explain_with_bundle(
+        kidney, out / "ct_seg_hires_grad_cam", root=kidney_root, datalist=datalist, kind=kind,
+        overrides={"explain_class": 1, "pixels": "image"},
     )
     print(f"({time.perf_counter() - t:.0f} s)")
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 __all__ = ["Explanation", "MASK", "HEATMAP", "like_input", "to_json_value"]
@@ -17,8 +19,10 @@ HEATMAP = "heatmap"
 def like_input(source: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """``t`` (detached) as a ``MetaTensor`` carrying ``source``'s metadata (affine, applied
     operations) when ``source`` is one, so explanation maps can be inverted and written on the
-    source grid; ``t`` unchanged otherwise."""
+    source grid; ``t`` unchanged otherwise. The one place an explanation map is wrapped as a MetaTensor."""
     t = t.detach()
+    if hasattr(t, "as_tensor"):  # a MetaTensor: drop its own metadata, the source's is what counts
+        t = t.as_tensor()
     if hasattr(source, "copy_meta_from"):
         from monai.data import MetaTensor
 
@@ -38,17 +42,24 @@ def _index(value: Any, i: int) -> Any:
 
 
 def to_json_value(value: Any) -> Any:
-    """Tensors, dicts, lists and floats as JSON-serialisable values (non-finite floats -> None)."""
+    """Any value as JSON-serialisable data: tensors and numpy values as numbers or lists, dict keys as
+    strings, paths as strings, non-finite floats as None, and anything else as its ``repr``."""
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu()
         value = value.item() if value.numel() == 1 else value.tolist()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+    elif isinstance(value, (np.ndarray, np.generic)):
+        value = value.tolist()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: to_json_value(v) for k, v in value.items()}
+        return {str(k): to_json_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [to_json_value(v) for v in value]
-    return value
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return repr(value)
 
 
 @dataclass

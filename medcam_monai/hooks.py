@@ -22,7 +22,7 @@ __all__ = [
     "unwrap_model",
     "resolve_layer",
     "layer_names",
-    "deepest_feature_layer",
+    "deepest_layer",
     "output_shapes",
     "LayerRecorder",
     "frozen",
@@ -117,23 +117,27 @@ def output_shapes(model: nn.Module, x: torch.Tensor) -> tuple[list[tuple[str, tu
     return fired, out
 
 
-def deepest_feature_layer(model: nn.Module, x: torch.Tensor) -> str:
-    """Name of the last layer, in execution order, whose output is still a spatial feature map.
+def deepest_layer(model: nn.Module, x: torch.Tensor) -> str:
+    """The deepest feature layer: the last-run layer with the smallest spatial output.
 
     A feature map has the input's number of dims (``(B, C, *spatial)``) with at least one spatial
-    axis longer than 1; for transformers (no such output) the last ``(B, N, D)`` token output with
+    axis longer than 1; an output of the network output's shape (a segmentation head on the input
+    grid) is not one. For transformers (no such output) the last ``(B, N, D)`` token output with
     ``N > 1`` is taken. One forward pass of ``x`` (without gradients) is run to find it.
     """
-    fired, _ = output_shapes(model, x)
-    spatial = [n for n, s in fired if len(s) == x.ndim and max(s[2:]) > 1]
-    tokens = [n for n, s in fired if len(s) == 3 and s[1] > 1]
+    model = unwrap_model(model)
+    fired, out = output_shapes(model, x)
+    out_shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+    spatial = [(n, s) for n, s in fired if len(s) == x.ndim and max(s[2:]) > 1 and s != out_shape]
     if spatial:
-        return spatial[-1]
+        smallest = min(torch.Size(s[2:]).numel() for _, s in spatial)
+        return [n for n, s in spatial if torch.Size(s[2:]).numel() == smallest][-1]
+    tokens = [n for n, s in fired if len(s) == 3 and s[1] > 1]
     if tokens:
         return tokens[-1]
     raise ValueError(
-        f"{type(unwrap_model(model)).__name__} has no layer with a spatial or token output to explain; "
-        f"name one explicitly (see medcam_monai.hooks.layer_names(model))."
+        f"{type(model).__name__} has no layer with a spatial or token output to explain; name one "
+        f"explicitly (see medcam_monai.hooks.layer_names(model))."
     )
 
 

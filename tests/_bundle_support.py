@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from medcam_monai.bundle_utils import BUNDLES_DIR
+from medcam_monai.bundle import BUNDLES_DIR
 
 torch.set_num_threads(1)  # two xdist workers on two cores: more threads only oversubscribe
 

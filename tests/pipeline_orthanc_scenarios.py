@@ -33,7 +33,7 @@ from pydicom.data import get_testdata_file
 sys.path.insert(0, str(Path(__file__).parent))
 from _orthanc import PASSWORD, USER, Orthanc  # noqa: E402
 
-from medcam_monai.bundle_utils import BUNDLES_DIR  # noqa: E402
+from medcam_monai.bundle import BUNDLES_DIR  # noqa: E402
 from medcam_monai.pipeline import PASSWORD_ENV, build_pipeline_parser, run_pipeline  # noqa: E402
 
 torch.set_num_threads(1)
@@ -48,13 +48,12 @@ RULES = {"modality": ["CT"], "body_part": ["ABDOMEN", "KIDNEY"], "allow_missing_
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
-    from medcam_monai.cli import run_bundle
+    from medcam_monai.bundle import train_bundle
 
     root = tmp_path_factory.mktemp("kidney_weights")
     with redirect_stdout(sys.stderr):
-        run_bundle(BUNDLES_DIR / "kidney_ct_unet3d", "train.json", bundle_root=str(root), epochs=1, num_cases=4,
-                   image_size=32, batch_size=2, progress=False)
-    return root / "models" / "model.pt"
+        return train_bundle(BUNDLES_DIR / "kidney_ct_unet3d", root, epochs=1, num_cases=4, image_size=32, batch_size=2,
+                            progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medcam_monai.bundle_utils import STANDINS, datalist, find_bundle, standin_datalist
+from medcam_monai.bundle import find_bundle
+from medcam_monai.data.standins import STANDINS, datalist, standin_datalist
 
 
 def test_standin_files_are_written_once_and_reused(tmp_path):
@@ -33,7 +34,7 @@ def test_standin_ct_is_in_hounsfield_units_with_a_label_map(tmp_path):
 
 
 def test_every_bundle_dataset_has_a_standin_and_a_manifest():
-    from medcam_monai.datasets import available_manifests
+    from medcam_monai.data.manifests import available_manifests
 
     names = set()
     for bundle in ("fundus_resnet18", "brain_mri_mobilenet_v2", "dermoscopy_convnext_small", "histology_vit_b16", "kidney_ct_unet3d"):

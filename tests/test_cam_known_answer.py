@@ -33,8 +33,8 @@ def test_one_by_one_head_separates_the_two_methods(dims, size, pixels):
         m = y.argmax(1) == c
     assert m.any() and not m.all()
 
-    hires = SegHiResGradCAM(net, layer="features")(x, classes=c, pixels=spec)
-    grad = SegGradCAM(net, layer="features")(x, classes=c, pixels=spec)
+    hires = SegHiResGradCAM(net, layer="features")(x, target=c, pixels=spec)
+    grad = SegGradCAM(net, layer="features")(x, target=c, pixels=spec)
 
     expected_hires = m * y_minus_b[:, c]
     z = math.prod(size)
@@ -53,16 +53,16 @@ def test_point_and_user_mask_pixel_sets():
     net = ConvHead(2).eval()
     x = torch.randn(2, 1, 8, 8)
     _, y_minus_b = _head_terms(net, x)
-    e = SegHiResGradCAM(net, layer="features")(x, classes=1, pixels=Point([[2, 3], [5, 6]]))
+    e = SegHiResGradCAM(net, layer="features")(x, target=1, pixels=Point([[2, 3], [5, 6]]))
     expected = torch.zeros(2, 8, 8)
     expected[0, 2, 3] = y_minus_b[0, 1, 2, 3]
     expected[1, 5, 6] = y_minus_b[1, 1, 5, 6]
     torch.testing.assert_close(e.map[:, 0], expected, atol=1e-5, rtol=1e-4)
 
     user = torch.rand(8, 8) > 0.5
-    e = SegHiResGradCAM(net, layer="features")(x, classes=0, pixels=Mask(user))
+    e = SegHiResGradCAM(net, layer="features")(x, target=0, pixels=Mask(user))
     torch.testing.assert_close(e.map[:, 0], user * y_minus_b[:, 0], atol=1e-5, rtol=1e-4)
-    e_img = SegGradCAM(net, layer="features")(x, classes=0, pixels="image")
+    e_img = SegGradCAM(net, layer="features")(x, target=0, pixels="image")
     torch.testing.assert_close(e_img.map[:, 0], y_minus_b[:, 0], atol=1e-5, rtol=1e-4)  # |M| = Z
 
 
@@ -72,15 +72,15 @@ def test_several_classes_from_one_forward_pass():
     calls = []
     handle = net.register_forward_hook(lambda *a: calls.append(1))
     try:
-        both = SegHiResGradCAM(net, layer="features", check_layer=False)(x, classes=[0, 2], pixels="image")
+        both = SegHiResGradCAM(net, layer="features", check_layer=False)(x, target=[0, 2], pixels="image")
     finally:
         handle.remove()
     assert len(calls) == 1
     assert both.map.shape == (2, 2, 9, 9) and both.target.tolist() == [[0, 2], [0, 2]]
     for k, c in enumerate([0, 2]):
-        one = SegHiResGradCAM(net, layer="features")(x, classes=c, pixels="image")
+        one = SegHiResGradCAM(net, layer="features")(x, target=c, pixels="image")
         torch.testing.assert_close(both.map[:, k], one.map[:, 0])
-    per_case = SegHiResGradCAM(net, layer="features")(x, classes=torch.tensor([[1], [2]]), pixels="image")
+    per_case = SegHiResGradCAM(net, layer="features")(x, target=torch.tensor([[1], [2]]), pixels="image")
     assert per_case.target.tolist() == [[1], [2]]
 
 
@@ -94,7 +94,7 @@ def test_probability_target_single_channel_sigmoid():
     net = ConvHead(2, classes=1).eval()
     x = torch.randn(1, 1, 10, 10)
     y, y_minus_b = _head_terms(net, x)
-    e = SegHiResGradCAM(net, layer="features", use_probabilities=True)(x, classes=0, pixels="predicted")
+    e = SegHiResGradCAM(net, layer="features", use_probabilities=True)(x, target=0, pixels="predicted")
     p = torch.sigmoid(y[:, 0])
     m = p > 0.5
     assert m.any()
@@ -108,7 +108,7 @@ def test_threshold_on_softmax_defines_the_pixel_set():
     x = torch.randn(1, 1, 10, 10)
     y, y_minus_b = _head_terms(net, x)
     m = torch.softmax(y, 1)[:, 1] > 0.3
-    e = SegHiResGradCAM(net, layer="features")(x, classes=1, pixels=Predicted(threshold=0.3))
+    e = SegHiResGradCAM(net, layer="features")(x, target=1, pixels=Predicted(threshold=0.3))
     torch.testing.assert_close(e.map[:, 0], m * y_minus_b[:, 1], atol=1e-5, rtol=1e-4)
 
 
@@ -119,13 +119,13 @@ def test_classifier_gap_known_answer(dims, size):
     with torch.no_grad():
         logits = net(x)
     hires = HiResCAM(net, layer="features")(x)
-    grad = GradCAM(net, layer="features")(x, classes=[1, 3])
+    grad = GradCAM(net, layer="features")(x, target=[1, 3])
     assert hires.target[:, 0].tolist() == logits.argmax(1).tolist()
     # HiResCAM sums to the logit without its bias; for GAP nets Grad-CAM gives the same map
     c = hires.target[:, 0]
     b = torch.arange(3)
     torch.testing.assert_close(hires.layer_map.flatten(2).sum(-1)[:, 0], logits[b, c] - net.fc.bias[c], atol=1e-5, rtol=1e-4)
-    hires13 = HiResCAM(net, layer="features")(x, classes=[1, 3])
+    hires13 = HiResCAM(net, layer="features")(x, target=[1, 3])
     torch.testing.assert_close(grad.layer_map, hires13.layer_map, atol=1e-6, rtol=1e-4)
     assert grad.map.shape == (3, 2, *size) and grad.layer_map.shape[2:] == tuple((s + 1) // 2 for s in size)
     torch.testing.assert_close(hires.scores["target_score"][:, 0], logits[b, c])

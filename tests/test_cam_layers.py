@@ -30,7 +30,7 @@ def test_default_layer_per_family_gives_a_non_degenerate_map(family, make, expec
     assert default_layer(net) == expected
     x = torch.randn(1, 1, size, size)
     before = snapshot(net)
-    e = SegHiResGradCAM(net)(x, classes=1, pixels="image")
+    e = SegHiResGradCAM(net)(x, target=1, pixels="image")
     assert_unchanged(net, before)
     assert e.settings["layer"] == expected
     assert e.map.shape == (1, 1, size, size) and torch.isfinite(e.map).all()
@@ -78,11 +78,11 @@ def test_layer_errors_and_the_network_is_left_as_found():
     before = snapshot(model)
     x = torch.randn(1, 1, 8, 8)
     with pytest.raises(LayerNotUsedError, match="did not run"):
-        SegHiResGradCAM(model, layer="spare")(x, classes=1)
+        SegHiResGradCAM(model, layer="spare")(x, target=1)
     model.probe_spare = True
     with pytest.raises(LayerNotUsedError, match="does not depend on layer 'spare'"):
-        SegHiResGradCAM(model, layer="spare", check_layer=False)(x, classes=1)
+        SegHiResGradCAM(model, layer="spare", check_layer=False)(x, target=1)
     with pytest.raises(LayerIndependentOfInputError, match="does not depend on the input"):
-        SegHiResGradCAM(model, layer="table")(x, classes=1)
+        SegHiResGradCAM(model, layer="table")(x, target=1)
     assert_unchanged(model, before)
     assert model.training

@@ -15,13 +15,13 @@ from medcam_monai.cam import EmptyPixelSetWarning, GradCAM, SegGradCAM, SegHiRes
 def test_raw_by_default_relu_and_normalisation_are_options():
     net = ConvHead(2).eval()
     x = torch.randn(1, 1, 10, 10)
-    raw = SegHiResGradCAM(net, layer="features")(x, classes=1, pixels="image")
+    raw = SegHiResGradCAM(net, layer="features")(x, target=1, pixels="image")
     assert (raw.map < 0).any() and (raw.map > 0).any()  # signed: nothing clipped by default
-    relu = SegHiResGradCAM(net, layer="features", relu=True)(x, classes=1, pixels="image")
+    relu = SegHiResGradCAM(net, layer="features", relu=True)(x, target=1, pixels="image")
     torch.testing.assert_close(relu.map, raw.map.clamp_min(0))
-    mm = SegHiResGradCAM(net, layer="features", normalize="minmax")(x, classes=1, pixels="image")
+    mm = SegHiResGradCAM(net, layer="features", normalize="minmax")(x, target=1, pixels="image")
     assert mm.map.min() == 0 and mm.map.max() == 1
-    mx = SegHiResGradCAM(net, layer="features", normalize="max")(x, classes=1, pixels="image")
+    mx = SegHiResGradCAM(net, layer="features", normalize="max")(x, target=1, pixels="image")
     torch.testing.assert_close(mx.map, raw.map / raw.map.abs().max())
     # never an inverted scale: the order of the raw values is kept
     order = raw.map.flatten().argsort()
@@ -57,7 +57,7 @@ def test_metatensor_meta_travels_and_records_are_json():
     records = e.to_records()
     assert len(records) == 2 and records[0]["method"] == "grad_cam"
     json.dumps(records)
-    seg = SegHiResGradCAM(ConvHead(2), layer="features")(MetaTensor(torch.randn(1, 1, 8, 8), affine=affine), classes=1)
+    seg = SegHiResGradCAM(ConvHead(2), layer="features")(MetaTensor(torch.randn(1, 1, 8, 8), affine=affine), target=1)
     assert isinstance(seg.map, MetaTensor) and seg.layer_map.shape == (1, 1, 8, 8)
     json.dumps(seg.to_records())
 
@@ -66,15 +66,15 @@ def test_inference_mode_input_is_explained():
     net = ConvHead(2).eval()
     with torch.inference_mode():
         x = torch.randn(1, 1, 8, 8)
-        e = SegHiResGradCAM(net, layer="features")(x, classes=1, pixels="image")
+        e = SegHiResGradCAM(net, layer="features")(x, target=1, pixels="image")
     assert e.map.abs().sum() > 0
 
 
 def test_class_out_of_range():
-    with pytest.raises(ValueError, match="Class 5 is out of range.*3 class channel"):
-        SegHiResGradCAM(ConvHead(2), layer="features")(torch.randn(1, 1, 8, 8), classes=5)
-    with pytest.raises(ValueError, match="Class -1 is out of range"):
-        GradCAM(GapClassifier(2), layer="features")(torch.randn(1, 1, 8, 8), classes=-1)
+    with pytest.raises(ValueError, match="class 5 is out of range.*3 class channel"):
+        SegHiResGradCAM(ConvHead(2), layer="features")(torch.randn(1, 1, 8, 8), target=5)
+    with pytest.raises(ValueError, match="class -1 is out of range"):
+        GradCAM(GapClassifier(2), layer="features")(torch.randn(1, 1, 8, 8), target=-1)
 
 
 def test_empty_pixel_set_warns_and_gives_zeros():
@@ -82,12 +82,12 @@ def test_empty_pixel_set_warns_and_gives_zeros():
     x = torch.randn(2, 1, 8, 8)
     for cls in (SegHiResGradCAM, SegGradCAM):
         with pytest.warns(EmptyPixelSetWarning, match="empty"):
-            e = cls(net, layer="features", normalize="minmax")(x, classes=1, pixels=torch.zeros(8, 8))
+            e = cls(net, layer="features", normalize="minmax")(x, target=1, pixels=torch.zeros(8, 8))
         assert torch.isfinite(e.map).all() and e.map.abs().sum() == 0
         assert e.scores["empty"].all() and e.scores["pixels"].sum() == 0
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        SegHiResGradCAM(net, layer="features")(x, classes=1, pixels="image")
+        SegHiResGradCAM(net, layer="features")(x, target=1, pixels="image")
 
 
 class _NoChannel(nn.Module):

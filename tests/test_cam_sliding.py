@@ -13,10 +13,10 @@ from medcam_monai.cam import Box, SegGradCAM, SegHiResGradCAM
 def test_one_window_equals_the_direct_route(cls, mode):
     net = tiny_unet(3)
     x = torch.randn(1, 1, 16, 16, 12)
-    direct = cls(net)(x, classes=[1, 2])
+    direct = cls(net)(x, target=[1, 2])
     inferer = SlidingWindowInferer(roi_size=(16, 16, 12), overlap=0.25, mode=mode)
     before = snapshot(net)
-    windowed = cls(net, inferer=inferer)(x, classes=[1, 2])
+    windowed = cls(net, inferer=inferer)(x, target=[1, 2])
     assert_unchanged(net, before)
     assert windowed.settings["sliding_window"]["windows"] == 1
     torch.testing.assert_close(windowed.map, direct.map, atol=1e-5, rtol=1e-4)
@@ -41,8 +41,8 @@ def test_overlapping_windows_match_the_closed_form_on_blended_logits(mode):
     p, p_minus_b = _blended(net, x, inferer)
     c = int(torch.mode(p.argmax(1).flatten()).values)
     m = p.argmax(1) == c
-    hires = SegHiResGradCAM(net, layer="features", inferer=inferer)(x, classes=c)
-    grad = SegGradCAM(net, layer="features", inferer=inferer)(x, classes=c)
+    hires = SegHiResGradCAM(net, layer="features", inferer=inferer)(x, target=c)
+    grad = SegGradCAM(net, layer="features", inferer=inferer)(x, target=c)
     assert hires.settings["sliding_window"]["windows"] > 4
     torch.testing.assert_close(hires.map[:, 0], m * p_minus_b[:, c], atol=1e-5, rtol=1e-4)
     size = m.flatten(1).sum(1).view(-1, 1, 1, 1)
@@ -60,7 +60,7 @@ def test_box_without_prediction_pass_skips_windows_and_accumulates_y():
     calls = []
     handle = net.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
     try:
-        e = SegHiResGradCAM(net, layer="features", inferer=inferer, check_layer=False)(x, classes=1, pixels=Box([0, 0], [4, 4]))
+        e = SegHiResGradCAM(net, layer="features", inferer=inferer, check_layer=False)(x, target=1, pixels=Box([0, 0], [4, 4]))
     finally:
         handle.remove()
     # one probe window plus the single window touching the box; no whole-volume prediction
@@ -77,9 +77,9 @@ def test_overlap_is_close_to_the_direct_route_on_a_unet():
     # which makes any network (and so its CAM) differ between windows and the whole input
     net = tiny_unet(3, norm="batch")
     x = torch.randn(1, 1, 24, 24, 16)
-    direct = SegHiResGradCAM(net)(x, classes=1, pixels="image")
+    direct = SegHiResGradCAM(net)(x, target=1, pixels="image")
     inferer = SlidingWindowInferer(roi_size=(16, 16, 16), overlap=0.5, mode="gaussian")
-    windowed = SegHiResGradCAM(net, inferer=inferer)(x, classes=1, pixels="image")
+    windowed = SegHiResGradCAM(net, inferer=inferer)(x, target=1, pixels="image")
     a, b = direct.map.flatten(), windowed.map.flatten()
     assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.9
     # windows start on multiples of the UNet's stride 4: the layer map is assembled
@@ -90,7 +90,7 @@ def test_layer_map_is_none_when_windows_miss_the_layer_grid():
     net = tiny_unet(2)
     x = torch.randn(1, 1, 26, 20)
     inferer = SlidingWindowInferer(roi_size=(16, 16), overlap=0.25)
-    e = SegGradCAM(net, inferer=inferer)(x, classes=1, pixels="image")
+    e = SegGradCAM(net, inferer=inferer)(x, target=1, pixels="image")
     assert e.layer_map is None and "not a multiple" in e.settings["sliding_window"]["layer_map"]
     assert e.map.shape == (1, 1, 26, 20) and torch.isfinite(e.map).all() and e.map.abs().sum() > 0
 

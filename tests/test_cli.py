@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from medcam_monai.cli import input_cases, main
+from medcam_monai.cli import main
+from medcam_monai.io.formats import input_cases
 
 try:  # tests/ is a package in this repository; keep working if it is not
     from ._bundle_support import ENV, train_tiny
@@ -178,7 +179,7 @@ def test_demo_fails_with_non_zero_exit_and_a_message(tmp_path, capsys):
 
 
 def test_threads_option_sets_torch_threads(monkeypatch):
-    from medcam_monai.cli import configure_threads
+    from medcam_monai.threads import configure_threads
 
     before = torch.get_num_threads()
     try:

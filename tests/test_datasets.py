@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from medcam_monai.datasets import (
+from medcam_monai.data.manifests import (
     DatasetManifest,
     DatasetValidationError,
     ManifestError,
@@ -57,7 +57,7 @@ def test_available_and_lookup_by_name():
 
 
 def test_phantom_classes_match_manifests():
-    from medcam_monai import phantoms
+    from medcam_monai.data import phantoms
 
     assert tuple(load_manifest("bach").classes) == phantoms.BACH_CLASSES
     assert tuple(load_manifest("ham10000").classes) == phantoms.HAM10000_CLASSES

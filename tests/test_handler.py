@@ -13,8 +13,10 @@ from monai.inferers import SimpleInferer
 from monai.transforms import Activationsd, Compose, EnsureTyped, Resized
 from torch import nn
 
+from medcam_monai.errors import InputError
 from medcam_monai.explanation import Explanation
-from medcam_monai.handlers import ExplanationHandler, case_id_of
+from medcam_monai.handlers import ExplanationHandler
+from medcam_monai.io.formats import case_id
 from medcam_monai.hooks import LayerNotFoundError
 
 MEDCAM = {"steps": 3, "early_stopping": None, "progress": False}
@@ -191,7 +193,7 @@ def test_torchscript_network_is_refused_with_the_reason(tmp_path):
 
 
 def test_wrong_layer_fails_before_first_case_with_near_names(tmp_path):
-    handler = ExplanationHandler("medcam", {**MEDCAM, "layers": ["3x"]}, output_dir=tmp_path)
+    handler = ExplanationHandler("medcam", {**MEDCAM, "layer": ["3x"]}, output_dir=tmp_path)
     with pytest.raises(LayerNotFoundError, match="Nearest valid names"):
         run_evaluator(tiny_classifier(), handler, n=2)
     assert handler.records == []
@@ -201,7 +203,7 @@ def test_unwritable_output_dir_is_a_clear_error(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     handler = ExplanationHandler("medcam", MEDCAM, output_dir=blocker / "explanations")
-    with pytest.raises(PermissionError, match="Cannot write explanations"):
+    with pytest.raises(InputError, match="Cannot write to output folder"):
         run_evaluator(tiny_classifier(), handler, n=2)
 
 
@@ -212,10 +214,7 @@ def test_bad_names_are_refused_early():
         ExplanationHandler("medcam", target="truth")
 
 
-def test_case_id_from_metadata():
-    from monai.data import MetaTensor
-
-    img = MetaTensor(torch.zeros(1, 2, 2), meta={"filename_or_obj": "/x/y/patient 1.nii.gz"})
-    assert case_id_of(img, "fallback") == "patient_1"
-    assert case_id_of(torch.zeros(1), "fallback") == "fallback"
-    assert case_id_of(MetaTensor(torch.zeros(1), meta={"filename_or_obj": "/dicom/CT5N/"}), "f") == "CT5N"
+def test_case_id_from_source_names():
+    assert case_id("/x/y/patient 1.nii.gz", "fallback") == "patient_1"
+    assert case_id(None, "fallback") == "fallback"
+    assert case_id("/dicom/CT5N/", "f") == "CT5N"

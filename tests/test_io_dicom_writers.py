@@ -214,7 +214,7 @@ def test_codes_and_bad_arguments(tmp_path):
     assert property_type_for("medcam") == codes.DCM.Saliency
     assert property_type_for("seg_hires_grad_cam") == codes.DCM.GradientWeightedClassActivation
     assert property_type_for("grad_cam") == codes.DCM.GradientWeightedClassActivation
-    assert property_type_for("cam") == codes.DCM.ClassActivation
+    assert property_type_for("an_explainer_of_someone_else") == codes.DCM.Saliency
     image, ref = _load(CT5N)
     two = explanation_on(image, np.random.rand(2, *ref.spatial_shape), "heatmap", target=(0, 1))
     with pytest.raises(ValueError, match="Pass channel="):

@@ -76,7 +76,7 @@ def test_classifier_is_left_exactly_as_found():
     calls = []
     model[2].register_forward_hook(lambda m, i, o: calls.append(1))
     before = snapshot(model)
-    fast(model, layers=["2", "4"], background="uniform")(torch.rand(2, 1, 16, 16))
+    fast(model, layer=["2", "4"], background="uniform")(torch.rand(2, 1, 16, 16))
     assert_unchanged(model, before)
     assert calls  # the user's hook still runs
     assert model.training and model[1].training  # BatchNorm statistics were not updated (checked above)
@@ -100,16 +100,16 @@ def test_classifier_unchanged_and_hooks_removed_when_run_raises():
     model.train()
     before = snapshot(model)
     with pytest.raises(MaskedInputError, match="raised on the masked image"):
-        fast(model, layers=["net.2"])(torch.rand(1, 1, 16, 16))
+        fast(model, layer=["net.2"])(torch.rand(1, 1, 16, 16))
     assert_unchanged(model, before)
 
 
 def test_bad_inputs_get_clear_errors():
     model = small_cnn()
     with pytest.raises(LayerNotFoundError, match=r"Nearest valid names: .*layer4|not in Sequential"):
-        fast(model, layers=["layer4"])(torch.rand(1, 1, 16, 16))
+        fast(model, layer=["layer4"])(torch.rand(1, 1, 16, 16))
     with pytest.raises(LayerNotFoundError) as err:
-        fast(model, layers=["21"])(torch.rand(1, 1, 16, 16))
+        fast(model, layer=["21"])(torch.rand(1, 1, 16, 16))
     assert "Nearest valid names" in str(err.value) and "'2'" not in str(err.value).split("Nearest")[0][:5]
     with pytest.raises(ValueError, match="NaN or Inf"):
         x = torch.rand(1, 1, 16, 16)
@@ -222,5 +222,5 @@ def test_3d_multichannel_classifier():
 
 
 def test_cosine_distance_and_several_layers():
-    ex = fast(small_cnn(), layers=["2", "4"], layer_weights=[1.0, 0.5], distance="cosine")(torch.rand(1, 1, 16, 16))
+    ex = fast(small_cnn(), layer=["2", "4"], layer_weights=[1.0, 0.5], distance="cosine")(torch.rand(1, 1, 16, 16))
     assert torch.all(ex.history["act"] >= 0) and torch.all(ex.history["act"] <= 3.0)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from medcam_monai import MedCAM
-from medcam_monai.phantoms import marker_phantoms
+from medcam_monai.data.phantoms import marker_phantoms
 
 SIZE = 48
 

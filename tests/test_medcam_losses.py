@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medcam_monai.medcam import losses
-from medcam_monai.medcam.backgrounds import BACKGROUNDS, make_background
+from medcam_monai.perturbation import BACKGROUNDS, make_background
 from medcam_monai.medcam.config import PRESETS, EarlyStopping, LossWeights
 
 

@@ -41,7 +41,7 @@ def test_medcam_runs_and_leaves_network_unchanged(name):
     ex = MedCAM(model, steps=2, early_stopping=None)(x)
     assert ex.map.shape == (shape[0], 1, *shape[2:])
     assert ex.evidence.shape == shape
-    assert ex.settings["layers"], "a default activation layer was chosen"
+    assert ex.settings["layer"], "a default activation layer was chosen"
     assert all(torch.isfinite(v).all() for v in ex.history.values())
     assert_unchanged(model, before)
 

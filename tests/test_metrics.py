@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from medcam_monai import metrics as M
+from medcam_monai.evaluation import metrics as M
 from medcam_monai.explanation import Explanation
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from medcam_monai import phantoms as P
+from medcam_monai.data import phantoms as P
 
 
 

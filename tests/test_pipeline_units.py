@@ -20,7 +20,7 @@ import pytest
 import torch
 from pydicom.data import get_testdata_file
 
-from medcam_monai.bundle_utils import BUNDLES_DIR
+from medcam_monai.bundle import BUNDLES_DIR
 from medcam_monai.pipeline import (
     PASSWORD_ENV,
     DicomWebPacs,
@@ -46,7 +46,7 @@ from medcam_monai.pipeline import (
     studies_from_folder,
     volume_problem,
 )
-from medcam_monai.pipeline.bundle_run import _root_cause
+from medcam_monai.bundle import root_cause as _root_cause
 from medcam_monai.pipeline.identity import DEFAULT_UID_ROOT
 
 torch.set_num_threads(1)

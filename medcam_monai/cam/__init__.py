@@ -6,8 +6,8 @@ from medcam_monai.cam.core import BaseCAM, LayerIndependentOfInputError, LayerNo
 from medcam_monai.cam.layers import DEFAULT_LAYERS, default_layer, tokens_to_grid
 from medcam_monai.cam.pixel_sets import Box, Mask, PixelSet, Point, Predicted, WholeImage
 from medcam_monai.cam.postprocess import normalize_map, upsample
-from medcam_monai.cam.segmentation import EmptyPixelSetWarning, SegGradCAM, SegHiResGradCAM
-from medcam_monai.cam.sliding import plan_windows, sliding_window_cam
+from medcam_monai.cam.segmentation import EmptyPixelSetWarning, SegGradCAM, SegHiResGradCAM, WholeInputRoute
+from medcam_monai.cam.sliding import SlidingWindowRoute, plan_windows
 
 __all__ = [
     "SegHiResGradCAM",
@@ -30,5 +30,6 @@ __all__ = [
     "normalize_map",
     "upsample",
     "plan_windows",
-    "sliding_window_cam",
+    "SlidingWindowRoute",
+    "WholeInputRoute",
 ]

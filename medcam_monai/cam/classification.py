@@ -6,29 +6,17 @@ The target is the class score ``Y = y_c`` (a logit, or its softmax/sigmoid proba
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 
 import torch
 
 from medcam_monai.cam.core import BaseCAM
 from medcam_monai.cam.pixel_sets import class_probabilities, resolve_activation
+from medcam_monai.checks import check_class_logits, check_image
 from medcam_monai.explanation import HEATMAP, Explanation, like_input
 from medcam_monai.hooks import LayerRecorder, frozen, gradients_enabled, resolve_layer
-from medcam_monai.validation import check_class_logits, check_image
+from medcam_monai.targets import TargetSpec, classifier_targets
 
-__all__ = ["GradCAM", "HiResCAM", "resolve_classifier_classes"]
-
-
-def resolve_classifier_classes(classes, logits: torch.Tensor) -> torch.Tensor:
-    """Target classes ``(B, K)``: None is the predicted class; an int, ``K`` ints, or a tensor."""
-    batch, n = logits.shape
-    if classes is None:
-        # a single-logit binary classifier has one score to explain
-        default = logits.argmax(1) if n > 1 else torch.zeros(batch, dtype=torch.long, device=logits.device)
-        return default[:, None]
-    from medcam_monai.cam.segmentation import resolve_seg_classes
-
-    return resolve_seg_classes(classes, batch, n, logits.device)
+__all__ = ["GradCAM", "HiResCAM"]
 
 
 class _ClassifierCAM(BaseCAM):
@@ -37,12 +25,13 @@ class _ClassifierCAM(BaseCAM):
     Arguments: see :class:`~medcam_monai.cam.core.BaseCAM`.
     """
 
-    def __call__(self, x: torch.Tensor, classes: int | Sequence[int] | torch.Tensor | None = None) -> Explanation:
+    def __call__(self, x: torch.Tensor, target: TargetSpec = None) -> Explanation:
         """Explain ``x``.
 
         Args:
             x: ``(B, C_in, *spatial)`` batch (a ``MetaTensor`` keeps its metadata).
-            classes: None (the predicted class), an int, ``K`` ints, or a ``(B, K)`` tensor.
+            target: None (the predicted class), an int, ``K`` ints, or a ``(B,)``/``(B, K)`` tensor
+                (:func:`~medcam_monai.targets.classifier_targets`).
 
         Returns:
             An :class:`Explanation`: ``map`` ``(B, K, *spatial)``, ``layer_map`` ``(B, K, *grid)``,
@@ -54,24 +43,24 @@ class _ClassifierCAM(BaseCAM):
         xt = x.as_tensor() if hasattr(x, "as_tensor") else x
         with frozen(self.model), gradients_enabled():
             xt = xt.detach().clone()
-            layer = self._layer_name(xt[:1])
+            layer = self.layer_for(xt[:1])
             resolve_layer(self.model, layer)
             with LayerRecorder(self.model, [layer], as_leaf=True) as rec:
-                out, acts = self._forward(rec, layer, xt)
+                out, acts = self.forward_recorded(rec, layer, xt)
             out = check_class_logits(out, xt.shape[0], min_classes=1)
-            self._check_depends_on_input(layer, xt, acts)
+            self.check_layer_depends_on_input(layer, xt, acts)
             activation = resolve_activation(self.activation, out.shape[1])
-            cls = resolve_classifier_classes(classes, out.detach())
+            cls = classifier_targets(target, out.detach())
             scores = class_probabilities(out, activation) if self.use_probabilities else out
             b = torch.arange(xt.shape[0])
             maps, values = [], []
             for k in range(cls.shape[1]):
                 y = scores[b, cls[:, k]]
-                grads = self._gradient(y.sum(), acts, layer, retain=k < cls.shape[1] - 1)
-                maps.append(self._layer_cam(grads, acts, xt.shape[2:]))
+                grads = self.layer_gradient(y.sum(), acts, layer, retain=k < cls.shape[1] - 1)
+                maps.append(self.layer_cam(grads, acts, xt.shape[2:]))
                 values.append(y.detach())
         raw = torch.stack(maps, 1)
-        layer_map, full_map = self._finish(raw, self._upsample(raw, xt.shape[2:]))
+        layer_map, full_map = self.finish(raw, self.upsample_map(raw, xt.shape[2:]))
         return Explanation(
             map=like_input(x, full_map),
             kind=HEATMAP,

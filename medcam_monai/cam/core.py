@@ -158,10 +158,12 @@ class BaseCAM:
             "align_corners": self.align_corners,
         }
 
-    def _layer_name(self, x: torch.Tensor) -> str:
+    def layer_for(self, x: torch.Tensor) -> str:
+        """The layer explained: the one given, else the family default (found with one example ``x``)."""
         return self.layer if self.layer is not None else default_layer(self.model, x)
 
-    def _forward(self, recorder: LayerRecorder, layer: str, x: torch.Tensor):
+    def forward_recorded(self, recorder: LayerRecorder, layer: str, x: torch.Tensor):
+        """The network's output on ``x`` and the layer's output recorded by ``recorder``."""
         recorder.outputs.clear()
         out = self.model(x)
         if layer not in recorder.outputs:
@@ -171,7 +173,7 @@ class BaseCAM:
             )
         return out, recorder.outputs[layer]
 
-    def _check_depends_on_input(self, layer: str, x: torch.Tensor, acts: torch.Tensor) -> None:
+    def check_layer_depends_on_input(self, layer: str, x: torch.Tensor, acts: torch.Tensor) -> None:
         """Raise when the layer's output for ``x[:1]`` is unchanged by a random perturbation of it."""
         if not self.check_layer:
             return
@@ -188,7 +190,8 @@ class BaseCAM:
                 f"explains nothing. Choose a feature layer, e.g. the default (layer=None)."
             )
 
-    def _gradient(self, y: torch.Tensor, acts: torch.Tensor, layer: str, retain: bool) -> torch.Tensor:
+    def layer_gradient(self, y: torch.Tensor, acts: torch.Tensor, layer: str, retain: bool) -> torch.Tensor:
+        """``dy/dA`` for the recorded layer output ``acts`` (a leaf), with a clear error when ``y`` does not depend on it."""
         grad = None
         if y.requires_grad:
             (grad,) = torch.autograd.grad(y, acts, retain_graph=retain, allow_unused=True)
@@ -200,12 +203,13 @@ class BaseCAM:
             )
         return grad
 
-    def _layer_cam(self, grads: torch.Tensor, acts: torch.Tensor, input_spatial: Sequence[int]) -> torch.Tensor:
+    def layer_cam(self, grads: torch.Tensor, acts: torch.Tensor, input_spatial: Sequence[int]) -> torch.Tensor:
+        """The raw CAM ``(n, *grid)`` of one target from the layer's gradients and activations."""
         g, a = as_feature_map(grads, input_spatial), as_feature_map(acts.detach(), input_spatial)
         positions = math.prod(a.shape[2:])
         return self.combine(self.channel_weights(g, positions), a)
 
-    def _finish(self, layer_map: torch.Tensor | None, full_map: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def finish(self, layer_map: torch.Tensor | None, full_map: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """ReLU and normalisation, each map on its own."""
         maps = []
         for m in (layer_map, full_map):
@@ -215,5 +219,6 @@ class BaseCAM:
             maps.append(m)
         return maps[0], maps[1]
 
-    def _upsample(self, layer_map: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    def upsample_map(self, layer_map: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """A layer-resolution map resized (linearly) to the input grid ``size``."""
         return upsample(layer_map, size, self.align_corners)

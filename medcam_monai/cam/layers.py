@@ -16,8 +16,8 @@ UNETR          ``vit``                                       ViT tokens ``(B, N,
 SwinUNETR      ``encoder10``                                 the conv block on the deepest Swin stage
 ============== ============================================= ===========================================
 
-Other networks fall back to :func:`deepest_spatial_layer`: the last-run layer with the smallest
-spatial output that is not the network's output (tokens when no spatial output exists).
+Other networks fall back to :func:`~medcam_monai.hooks.deepest_layer`: the last-run layer with the
+smallest spatial output that is not the network's output (tokens when no spatial output exists).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from medcam_monai.hooks import output_shapes, unwrap_model
+from medcam_monai.hooks import deepest_layer, unwrap_model
 
-__all__ = ["DEFAULT_LAYERS", "default_layer", "deepest_spatial_layer", "tokens_to_grid", "as_feature_map"]
+__all__ = ["DEFAULT_LAYERS", "default_layer", "tokens_to_grid", "as_feature_map"]
 
 DEFAULT_LAYERS = {
     "BasicUNet": "down_4",
@@ -73,26 +73,7 @@ def default_layer(model: nn.Module, x: torch.Tensor | None = None) -> str:
         return DEFAULT_LAYERS[family]
     if x is None:
         raise ValueError(f"No default layer is known for {family}: pass `layer=` or an example input.")
-    return deepest_spatial_layer(model, x)
-
-
-def deepest_spatial_layer(model: nn.Module, x: torch.Tensor) -> str:
-    """The last-run layer with the smallest spatial output, excluding outputs on the input grid's size
-    with the network output's shape (one no-grad forward of ``x``)."""
-    model = unwrap_model(model)
-    fired, out = output_shapes(model, x)
-    out_shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
-    spatial = [(n, s) for n, s in fired if len(s) == x.ndim and max(s[2:]) > 1 and s != out_shape]
-    if spatial:
-        smallest = min(torch.Size(s[2:]).numel() for _, s in spatial)
-        return [n for n, s in spatial if torch.Size(s[2:]).numel() == smallest][-1]
-    tokens = [n for n, s in fired if len(s) == 3 and s[1] > 1]
-    if tokens:
-        return tokens[-1]
-    raise ValueError(
-        f"{type(model).__name__} has no layer with a spatial or token output to explain; name one "
-        f"explicitly (see medcam_monai.hooks.layer_names(model))."
-    )
+    return deepest_layer(model, x)
 
 
 def tokens_to_grid(tokens: torch.Tensor, input_spatial: Sequence[int]) -> torch.Tensor:

@@ -45,12 +45,14 @@ import torch.nn.functional as F
 from monai.data.utils import compute_importance_map, dense_patch_slices
 from monai.utils import ensure_tuple_rep, fall_back_tuple
 
-from medcam_monai.cam.core import target_gradient, target_value
+from medcam_monai.cam.core import BaseCAM, target_gradient, target_value
 from medcam_monai.cam.layers import as_feature_map
 from medcam_monai.cam.pixel_sets import PixelSet, resolve_activation
+from medcam_monai.checks import check_segmentation_output
 from medcam_monai.hooks import LayerRecorder, resolve_layer
+from medcam_monai.targets import TargetSpec, segmentation_targets
 
-__all__ = ["WindowPlan", "plan_windows", "sliding_window_cam"]
+__all__ = ["WindowPlan", "plan_windows", "SlidingWindowRoute"]
 
 
 class WindowPlan:
@@ -127,38 +129,58 @@ def _gather(t: torch.Tensor, items, lead=(slice(None),)) -> torch.Tensor:
     return torch.cat([t[(slice(b, b + 1), *lead, *s)] for b, s in items])
 
 
-def sliding_window_cam(cam, x: torch.Tensor, classes, pixel_set: PixelSet, inferer) -> dict:
-    """Run a segmentation CAM (``cam``: a ``SegHiResGradCAM``/``SegGradCAM``) window by window.
+class SlidingWindowRoute:
+    """A segmentation CAM run window by window through a MONAI ``SlidingWindowInferer``.
 
     Args:
-        cam: the explainer (its network is already frozen and in eval mode).
-        x: ``(B, C_in, *spatial)`` plain tensor, each spatial size at least the window.
-        classes: see :func:`~medcam_monai.cam.segmentation.resolve_seg_classes`.
-        pixel_set: the pixel set ``M``, defined on the whole-input prediction.
-        inferer: the ``SlidingWindowInferer``.
-
-    Returns:
-        dict with ``layer``, ``map`` ``(B, K, *spatial)``, ``layer_map`` (or None), ``classes``,
-        ``pixels``, ``target_score`` ``(B, K)`` and ``settings``.
+        inferer: the bundle's ``monai.inferers.SlidingWindowInferer``.
     """
-    from medcam_monai.cam.segmentation import check_segmentation_output, resolve_seg_classes
 
+    def __init__(self, inferer) -> None:
+        from monai.inferers import SlidingWindowInferer
+
+        if not isinstance(inferer, SlidingWindowInferer):
+            raise TypeError(f"inferer must be a monai.inferers.SlidingWindowInferer or None, got {type(inferer).__name__}.")
+        self.inferer = inferer
+
+    def describe(self, result: dict) -> dict:
+        """The windows and blending used, for the explanation's record."""
+        return result["settings"]
+
+    def run(self, cam: BaseCAM, x: torch.Tensor, target: TargetSpec, pixel_set: PixelSet) -> dict:
+        """Explain ``x`` with ``cam``'s public steps, one window-batch of graph at a time.
+
+        Args:
+            cam: the explainer (a ``SegHiResGradCAM``/``SegGradCAM``; its network is already frozen
+                and in eval mode).
+            x: ``(B, C_in, *spatial)`` plain tensor, each spatial size at least the window.
+            target: see :func:`~medcam_monai.targets.segmentation_targets`.
+            pixel_set: the pixel set ``M``, defined on the whole-input prediction.
+
+        Returns:
+            dict with ``layer``, ``map`` ``(B, K, *spatial)``, ``layer_map`` (or None), ``classes``,
+            ``pixels``, ``target_score`` ``(B, K)`` and ``settings``.
+        """
+        return _run(cam, x, target, pixel_set, self.inferer)
+
+
+def _run(cam: BaseCAM, x: torch.Tensor, target: TargetSpec, pixel_set: PixelSet, inferer) -> dict:
     model, batch, spatial = cam.model, x.shape[0], tuple(x.shape[2:])
     plan = plan_windows(spatial, inferer, x.device, x.dtype)
     first = x[(slice(0, 1), slice(None), *plan.slices[0])]
-    layer = cam._layer_name(first)
+    layer = cam.layer_for(first)
     resolve_layer(model, layer)
 
     # one window without gradients: the output's form, the layer grid and the dependence check
     with LayerRecorder(model, [layer]) as rec, torch.no_grad():
-        out0, acts0 = cam._forward(rec, layer, first)
+        out0, acts0 = cam.forward_recorded(rec, layer, first)
     out0 = check_segmentation_output(out0, first.shape)
-    cam._check_depends_on_input(layer, first, acts0)
+    cam.check_layer_depends_on_input(layer, first, acts0)
     grid = tuple(as_feature_map(acts0, plan.roi).shape[2:])
     n_channels = out0.shape[1]
     del out0, acts0
     activation = resolve_activation(cam.activation, n_channels)
-    cls = resolve_seg_classes(classes, batch, n_channels, x.device)
+    cls = segmentation_targets(target, batch, n_channels, x.device)
     n_targets = cls.shape[1]
 
     needs_prediction = pixel_set.needs_prediction or cam.use_probabilities
@@ -190,7 +212,7 @@ def sliding_window_cam(cam, x: torch.Tensor, classes, pixel_set: PixelSet, infer
             continue  # M misses these windows: zero gradient, zero contribution
         win = _gather(x, items)
         with LayerRecorder(model, [layer], as_leaf=True) as rec:
-            out, acts = cam._forward(rec, layer, win)
+            out, acts = cam.forward_recorded(rec, layer, win)
         out = check_segmentation_output(out, win.shape)
         share = torch.stack([plan.share(s) for _, s in items])[:, None]  # (n, 1, *roi)
         logits = _gather(pred, items) if pred is not None else out.detach()
@@ -200,7 +222,7 @@ def sliding_window_cam(cam, x: torch.Tensor, classes, pixel_set: PixelSet, infer
             g = g * share
             if pred is None:
                 scores[:, k].index_add_(0, torch.tensor(cases, device=x.device), (g * out.detach()).flatten(1).sum(1))
-            grads = cam._gradient((g * out).sum(), acts, layer, retain=k < n_targets - 1)
+            grads = cam.layer_gradient((g * out).sum(), acts, layer, retain=k < n_targets - 1)
             g_map, a_map = as_feature_map(grads, plan.roi), as_feature_map(acts.detach(), plan.roi)
             if cam.pooled:
                 if alpha is None:
@@ -208,7 +230,7 @@ def sliding_window_cam(cam, x: torch.Tensor, classes, pixel_set: PixelSet, infer
                 alpha[:, k].index_add_(0, torch.tensor(cases, device=x.device), g_map.flatten(2).sum(-1))
                 continue
             window_cam = cam.combine(g_map, a_map)[:, None]  # (n, 1, *grid)
-            up = cam._upsample(window_cam, plan.roi)
+            up = cam.upsample_map(window_cam, plan.roi)
             for i, (b, s) in enumerate(items):
                 out_map[(b, k, *s)] += up[i, 0]
                 if layer_map is not None:
@@ -255,12 +277,12 @@ def _pooled_pass(cam, x, plan, layer, alpha, out_map, layer_map, stride, grid, b
     for items in _window_batches(plan, batch, sw_batch_size):
         win = _gather(x, items)
         with LayerRecorder(cam.model, [layer]) as rec, torch.no_grad():
-            _, acts = cam._forward(rec, layer, win)
+            _, acts = cam.forward_recorded(rec, layer, win)
         a_map = as_feature_map(acts, plan.roi)
         cases = [b for b, _ in items]
         weights = alpha[cases].reshape(*alpha[cases].shape, *[1] * len(grid))  # (n, K, D, 1...)
         window_cam = (weights * a_map[:, None]).sum(2)  # (n, K, *grid)
-        up = cam._upsample(window_cam, plan.roi)
+        up = cam.upsample_map(window_cam, plan.roi)
         for i, (b, s) in enumerate(items):
             out_map[(b, slice(None), *s)] += up[i] * plan.importance
             if layer_map is not None:

@@ -40,73 +40,49 @@ Writing: every writer has the same shape::
 DICOM writers need a :class:`DicomSeriesReference` and the source files still in place (they are
 re-read for highdicom, which copies patient and study attributes from them); WSI writers need a
 :class:`WSIReference`. Bad inputs raise subclasses of :class:`SourceImageError` (a ``ValueError``).
+
+Names are imported on first use: ``import medcam_monai.io`` (or :mod:`medcam_monai.io.formats`) does
+not load torch, MONAI or highdicom.
 """
 
-from medcam_monai.io._atomic import atomic_path
-from medcam_monai.io._grid import map_on_source
-from medcam_monai.io.codes import property_type_for
-from medcam_monai.io.dicom_seg import write_dicom_seg
-from medcam_monai.io.dicom_series import read_dicom
-from medcam_monai.io.errors import (
-    IrregularSpacingError,
-    MissingFrameOfReferenceError,
-    MissingGeometryError,
-    MultipleSeriesError,
-    NotAnImageError,
-    SourceImageError,
-    UnreadableImageError,
-)
-from medcam_monai.io.geojson import write_geojson
-from medcam_monai.io.nifti import write_nifti
-from medcam_monai.io.parametric_map import write_parametric_map
-from medcam_monai.io.png import write_png_overlay
-from medcam_monai.io.reference import (
-    DicomSeriesReference,
-    ImageReference,
-    SourceReference,
-    WSIReference,
-    as_source_reference,
-)
-from medcam_monai.io.slicer import write_slicer_seg
-from medcam_monai.io.transforms import LoadDicomd, LoadImageSourced, LoadWSId
-from medcam_monai.io.wsi import write_wsi_overlay
+from medcam_monai.lazy import lazy_exports
 
-WRITERS = {
-    "nifti": write_nifti,
-    "dicom_seg": write_dicom_seg,
-    "parametric_map": write_parametric_map,
-    "slicer_seg": write_slicer_seg,
-    "png": write_png_overlay,
-    "wsi": write_wsi_overlay,
-    "geojson": write_geojson,
+# public name -> submodule holding it; loaded on first use
+_EXPORTS = {
+    "WRITERS": ".writers",
+    "LoadDicomd": ".transforms",
+    "LoadImageSourced": ".transforms",
+    "LoadWSId": ".transforms",
+    "read_dicom": ".dicom_series",
+    "SourceReference": ".reference",
+    "DicomSeriesReference": ".reference",
+    "ImageReference": ".reference",
+    "WSIReference": ".reference",
+    "as_source_reference": ".reference",
+    "map_on_source": ".geometry",
+    "atomic_path": ".atomic",
+    "check_writable_dir": ".atomic",
+    "property_type_for": ".codes",
+    "write_nifti": ".nifti",
+    "write_dicom_seg": ".dicom_seg",
+    "write_parametric_map": ".parametric_map",
+    "write_slicer_seg": ".slicer",
+    "write_png_overlay": ".png",
+    "write_wsi_overlay": ".wsi",
+    "write_geojson": ".geojson",
+    "SourceImageError": ".errors",
+    "MultipleSeriesError": ".errors",
+    "IrregularSpacingError": ".errors",
+    "MissingGeometryError": ".errors",
+    "MissingFrameOfReferenceError": ".errors",
+    "UnreadableImageError": ".errors",
+    "NotAnImageError": ".errors",
+    "input_cases": ".formats",
+    "input_kind": ".formats",
+    "case_id": ".formats",
 }
 
-__all__ = [
-    "WRITERS",
-    "LoadDicomd",
-    "LoadImageSourced",
-    "LoadWSId",
-    "read_dicom",
-    "SourceReference",
-    "DicomSeriesReference",
-    "ImageReference",
-    "WSIReference",
-    "as_source_reference",
-    "map_on_source",
-    "atomic_path",
-    "property_type_for",
-    "write_nifti",
-    "write_dicom_seg",
-    "write_parametric_map",
-    "write_slicer_seg",
-    "write_png_overlay",
-    "write_wsi_overlay",
-    "write_geojson",
-    "SourceImageError",
-    "MultipleSeriesError",
-    "IrregularSpacingError",
-    "MissingGeometryError",
-    "MissingFrameOfReferenceError",
-    "UnreadableImageError",
-    "NotAnImageError",
-]
+__all__ = sorted(_EXPORTS)
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

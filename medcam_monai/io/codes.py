@@ -1,15 +1,7 @@
 """DICOM codes, algorithm identification and display colours for visual explanations.
 
-Property type by explainer (DICOM CID 7469, category SCT 309825002 "Spatial and Relational
-Concept"):
-
-- ``DCM 130402 "Class activation"``: a map that weighs a layer's feature maps for one class with no
-  gradient (CAM).
-- ``DCM 130403 "Gradient-weighted class activation"``: the Grad-CAM family, whose weights come from
-  the gradient of the class score (Grad-CAM, HiResCAM, Seg-Grad CAM, Seg-HiRes-Grad CAM).
-- ``DCM 130404 "Saliency"``: any map of which input pixels matter to the decision. Med-CAM's mask
-  is found by optimising a mask against the classifier's output, not by weighting activations,
-  so "Saliency" is the honest code for it; unknown methods get it too.
+Property types by explainer come from :mod:`medcam_monai.registry` (category SCT 309825002 "Spatial
+and Relational Concept", type from DICOM CID 7469); explainers outside the registry are "Saliency".
 """
 
 from __future__ import annotations
@@ -19,6 +11,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 import medcam_monai
+from medcam_monai.registry import EXPLAINERS, SALIENCY
 
 __all__ = [
     "CATEGORY",
@@ -32,9 +25,6 @@ __all__ = [
 CATEGORY = Code("309825002", "SCT", "Spatial and Relational Concept")
 MANUFACTURER = "medcam-monai"
 
-_GRADIENT = {"grad_cam", "gradcam", "hires_cam", "hirescam", "seg_grad_cam", "seggradcam", "seg_hires_grad_cam", "seghiresgradcam", "grad_cam_pp", "gradcam++"}
-_ACTIVATION = {"cam", "class_activation", "score_cam", "scorecam"}
-
 # Distinct, colour-blind-safe-ish colours (Okabe-Ito) for segments 1, 2, ...
 _PALETTE = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0), (204, 121, 167)]
 
@@ -44,13 +34,11 @@ def software_version() -> str:
 
 
 def property_type_for(method: str) -> Code:
-    """The DICOM property type code for an explainer name (see module docstring)."""
-    key = method.lower().replace("-", "_").replace(" ", "_")
-    if key in _GRADIENT or "grad" in key:
-        return codes.DCM.GradientWeightedClassActivation
-    if key in _ACTIVATION:
-        return codes.DCM.ClassActivation
-    return codes.DCM.Saliency
+    """The DICOM property type code of an explainer's maps (see :mod:`medcam_monai.registry`)."""
+    spec = EXPLAINERS.get(method)
+    value = spec.property_code if spec is not None else SALIENCY
+    meaning = {c.value: c for c in (codes.DCM.Saliency, codes.DCM.ClassActivation, codes.DCM.GradientWeightedClassActivation)}
+    return meaning[value]
 
 
 def algorithm_identification(method: str) -> hd.AlgorithmIdentificationSequence:

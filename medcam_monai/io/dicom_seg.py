@@ -10,9 +10,8 @@ import highdicom as hd
 import numpy as np
 
 from medcam_monai.explanation import MASK, Explanation
-from medcam_monai.io._atomic import atomic_path
 from medcam_monai.io._dicom_common import dicom_reference, next_uid, place_on_source
-from medcam_monai.io._grid import map_on_source, normalize_unit, select_case
+from medcam_monai.io.atomic import atomic_path
 from medcam_monai.io.codes import (
     CATEGORY,
     MANUFACTURER,
@@ -21,10 +20,11 @@ from medcam_monai.io.codes import (
     property_type_for,
     software_version,
 )
+from medcam_monai.io.formats import SEG_TYPES
+from medcam_monai.io.geometry import map_on_source, normalize_unit, select_case
 
 __all__ = ["write_dicom_seg", "segment_labels"]
 
-_TYPES = ("BINARY", "LABELMAP", "FRACTIONAL")
 
 
 def segment_labels(explanation: Explanation, labels: Sequence[str] | Mapping[int, str] | None) -> list[str]:
@@ -82,8 +82,8 @@ def write_dicom_seg(
     ref = dicom_reference(source, "write_dicom_seg")
     one = select_case(explanation, case)
     seg_type = (segmentation_type or ("BINARY" if one.kind == MASK else "FRACTIONAL")).upper()
-    if seg_type not in _TYPES:
-        raise ValueError(f"segmentation_type must be one of {_TYPES}, got {segmentation_type!r}.")
+    if seg_type not in SEG_TYPES:
+        raise ValueError(f"segmentation_type must be one of {SEG_TYPES}, got {segmentation_type!r}.")
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}.")
     values = map_on_source(one, ref)

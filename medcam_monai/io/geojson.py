@@ -12,8 +12,8 @@ from scipy import ndimage
 from skimage import measure
 
 from medcam_monai.explanation import MASK, Explanation
-from medcam_monai.io._atomic import atomic_path
-from medcam_monai.io._grid import map_on_source, normalize_unit, select_case
+from medcam_monai.io.atomic import atomic_path
+from medcam_monai.io.geometry import map_on_source, normalize_unit, select_case
 from medcam_monai.io.codes import default_color
 from medcam_monai.io.dicom_seg import segment_labels
 from medcam_monai.io.reference import WSIReference, as_source_reference

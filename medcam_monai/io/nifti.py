@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 
 from medcam_monai.explanation import MASK, Explanation
-from medcam_monai.io._atomic import atomic_path
-from medcam_monai.io._grid import map_on_source, select_case
+from medcam_monai.io.atomic import atomic_path
+from medcam_monai.io.geometry import map_on_source, select_case
 from medcam_monai.io.reference import as_source_reference
 
 __all__ = ["write_nifti"]

@@ -13,9 +13,9 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from medcam_monai.explanation import Explanation
-from medcam_monai.io._atomic import atomic_path
+from medcam_monai.io.atomic import atomic_path
 from medcam_monai.io._dicom_common import dicom_reference, next_uid, place_on_source
-from medcam_monai.io._grid import map_on_source, select_case
+from medcam_monai.io.geometry import map_on_source, select_case
 from medcam_monai.io.codes import MANUFACTURER, property_type_for, software_version
 from medcam_monai.io.dicom_seg import segment_labels
 

@@ -12,9 +12,9 @@ from PIL import Image
 from scipy import ndimage
 
 from medcam_monai.explanation import MASK, Explanation
-from medcam_monai.io._atomic import atomic_path
-from medcam_monai.io._grid import map_on_source, normalize_unit, select_case
-from medcam_monai.io._source_image import load_source_image
+from medcam_monai.io.atomic import atomic_path
+from medcam_monai.io.geometry import map_on_source, normalize_unit, select_case
+from medcam_monai.io.source_image import load_source_image
 from medcam_monai.io.reference import WSIReference, as_source_reference
 
 __all__ = ["write_png_overlay", "CONTOUR_COLOR"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import slicerio
 
 from medcam_monai.explanation import MASK, Explanation
-from medcam_monai.io._atomic import atomic_path
-from medcam_monai.io._grid import map_on_source, normalize_unit, select_case
+from medcam_monai.io.atomic import atomic_path
+from medcam_monai.io.geometry import map_on_source, normalize_unit, select_case
 from medcam_monai.io.codes import CATEGORY, default_color, property_type_for
 from medcam_monai.io.dicom_series import LPS_TO_RAS
 from medcam_monai.io.dicom_seg import segment_labels

@@ -21,12 +21,10 @@ from monai.transforms import LoadImage, MapTransform
 
 from medcam_monai.io.dicom_series import read_dicom
 from medcam_monai.io.errors import UnreadableImageError
+from medcam_monai.io.formats import SUFFIXES
 from medcam_monai.io.reference import SOURCE_META_KEY, ImageReference, SourceReference, WSIReference
 
 __all__ = ["LoadDicomd", "LoadImageSourced", "LoadWSId"]
-
-_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-
 
 def _attach(d: dict, key: Hashable, image: MetaTensor, reference: SourceReference, prefix: str) -> None:
     ref_json = reference.to_json()
@@ -120,7 +118,8 @@ class LoadImageSourced(MapTransform):
                 image = self.loader(path)
             except Exception as e:
                 raise UnreadableImageError(f"{path} cannot be read as an image ({type(e).__name__}: {e}).") from None
-            fmt = "2d" if path.lower().endswith(_2D_SUFFIXES) else "nifti"
+            # a TIFF read here (not by LoadWSId) is a plain 2D image
+            fmt = "2d" if any(path.lower().endswith(s) for s, k in SUFFIXES.items() if k in ("2d", "tiff")) else "nifti"
             if fmt == "2d" and self.grayscale and image.shape[0] > 1:
                 image = image[:3].float().mean(0, keepdim=True)
             spatial = tuple(image.shape[1:])

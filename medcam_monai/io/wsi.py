@@ -10,8 +10,8 @@ import numpy as np
 import tifffile
 
 from medcam_monai.explanation import MASK, Explanation
-from medcam_monai.io._atomic import atomic_path
-from medcam_monai.io._grid import map_on_source, select_case
+from medcam_monai.io.atomic import atomic_path
+from medcam_monai.io.geometry import map_on_source, select_case
 from medcam_monai.io.reference import WSIReference, as_source_reference
 
 __all__ = ["write_wsi_overlay", "wsi_reference"]

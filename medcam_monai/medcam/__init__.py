@@ -1,6 +1,5 @@
 """Med-CAM: minimal binary evidence masks for frozen classifiers (2D and 3D)."""
 
-from medcam_monai.medcam.backgrounds import BACKGROUNDS, make_background
 from medcam_monai.medcam.config import PRESETS, EarlyStopping, LossWeights
 from medcam_monai.medcam.explainer import LOSS_TERMS, MaskedInputError, MedCAM
 
@@ -10,7 +9,5 @@ __all__ = [
     "LossWeights",
     "PRESETS",
     "EarlyStopping",
-    "BACKGROUNDS",
-    "make_background",
     "LOSS_TERMS",
 ]

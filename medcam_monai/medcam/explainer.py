@@ -25,11 +25,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from medcam_monai.explanation import MASK, Explanation, like_input
-from medcam_monai.hooks import LayerRecorder, deepest_feature_layer, frozen, unwrap_model
+from medcam_monai.checks import check_class_logits, check_image
+from medcam_monai.hooks import LayerRecorder, deepest_layer, frozen, unwrap_model
 from medcam_monai.medcam import losses
-from medcam_monai.medcam.backgrounds import BACKGROUNDS, is_random_background, make_background
 from medcam_monai.medcam.config import EarlyStopping, LossWeights
-from medcam_monai.validation import check_class_logits, check_image, resolve_targets
+from medcam_monai.perturbation import BACKGROUNDS, is_random_background, make_background
+from medcam_monai.targets import TargetSpec, classifier_targets
 
 __all__ = ["MedCAM", "MaskedInputError", "LOSS_TERMS"]
 
@@ -55,8 +56,8 @@ class MedCAM:
         classifier: any ``nn.Module`` mapping ``(B, C, *spatial)`` to logits ``(B, num_classes)``
             (timm, MONAI, torchvision, DDP-wrapped). It is never changed: parameters, buffers,
             ``training`` flags, ``requires_grad`` flags and hooks are as before, also on errors.
-        layers: ``named_modules()`` names whose post-ReLU outputs are matched between ``x`` and
-            ``e``. Default: the deepest layer with a spatial (or token) output.
+        layer: the ``named_modules()`` name (or a list of names) whose post-ReLU outputs are matched
+            between ``x`` and ``e``. Default: the deepest layer with a spatial (or token) output.
         layer_weights: ``alpha_l`` per layer (default 1 each).
         distance: ``"mse"`` or ``"cosine"`` for activation matching.
         weights: a :class:`LossWeights`, a preset name (``"bach"`` 10:100:10, ``"ham10000"``
@@ -88,7 +89,7 @@ class MedCAM:
     def __init__(
         self,
         classifier: nn.Module,
-        layers: Sequence[str] | str | None = None,
+        layer: Sequence[str] | str | None = None,
         layer_weights: Sequence[float] | None = None,
         distance: str = "mse",
         weights: LossWeights | str | dict | None = None,
@@ -107,7 +108,7 @@ class MedCAM:
         warm_start: dict | None = None,
     ) -> None:
         self.classifier = unwrap_model(classifier)
-        self.layers = [layers] if isinstance(layers, str) else (list(layers) if layers is not None else None)
+        self.layers = [layer] if isinstance(layer, str) else (list(layer) if layer is not None else None)
         self.layer_weights = None if layer_weights is None else [float(w) for w in layer_weights]
         if self.layers is not None and self.layer_weights is not None and len(self.layers) != len(self.layer_weights):
             raise ValueError(f"{len(self.layer_weights)} layer_weights for {len(self.layers)} layers.")
@@ -153,7 +154,7 @@ class MedCAM:
         """JSON-friendly settings of this explainer, stored with every explanation."""
         stop = self.early_stopping
         return {
-            "layers": self.layers,
+            "layer": self.layers,
             "layer_weights": self.layer_weights,
             "distance": self.distance,
             "weights": self.weights.to_dict(),
@@ -202,12 +203,13 @@ class MedCAM:
         return logits.float(), acts
 
     # -- main ---------------------------------------------------------------------------------------
-    def __call__(self, x: torch.Tensor, target: int | Sequence[int] | torch.Tensor | None = None) -> Explanation:
+    def __call__(self, x: torch.Tensor, target: TargetSpec = None) -> Explanation:
         """Explain the classifier's decision on each case of ``x``.
 
         Args:
             x: ``(B, C, *spatial)`` image batch (2D or 3D; a ``MetaTensor`` keeps its metadata).
-            target: the class to explain per case (one int for all); default ``argmax f(x)``.
+            target: the class to explain: None (``argmax f(x)``), one int for all cases, or one per
+                case (a list of ``B`` ints or a ``(B,)`` tensor); see :func:`~medcam_monai.targets.classifier_targets`.
 
         Returns:
             An :class:`~medcam_monai.explanation.Explanation` with ``kind="mask"``: ``map`` the
@@ -227,14 +229,13 @@ class MedCAM:
             with torch.no_grad(), self._autocast(device):
                 check_class_logits(f(x[:1]), 1)
             if self.layers is None:
-                self.layers = [deepest_feature_layer(f, x[:1])]
+                self.layers = [deepest_layer(f, x[:1])]
             with LayerRecorder(f, self.layers) as recorder:
                 with torch.no_grad(), self._autocast(device):
                     logits_x, acts_x = self._forward(x, recorder)
                 logits_x = check_class_logits(logits_x, batch).float()
                 acts_x = [a.detach().float() for a in acts_x]
-                num_classes = logits_x.shape[1]
-                target_t = resolve_targets(target, logits_x.argmax(1), num_classes)
+                target_t = classifier_targets(target, logits_x, max_targets=1)[:, 0]
                 result = self._optimise(x, target_t, logits_x, acts_x, recorder, spatial_dims, channels, spatial)
         masks, history, steps, reasons, background = result
         with torch.no_grad(), frozen(self.classifier) as f:

@@ -10,49 +10,48 @@ on-disk outbox (:mod:`~medcam_monai.pipeline.outbox`); one JSON line per study
 (:mod:`~medcam_monai.pipeline.step`).
 """
 
-import importlib
-from typing import Any
+from medcam_monai.lazy import lazy_exports
 
 # names are loaded on first use: `medcam-monai --help` should not pay for torch, MONAI and highdicom
 _EXPORTS = {
-    "SEG_TYPES": "bundle_run",
-    "BundleRunner": "bundle_run",
-    "BundleRunError": "bundle_run",
-    "parse_override": "bundle_run",
-    "PASSWORD_ENV": "command",
-    "add_pipeline_parser": "command",
-    "build_pipeline_parser": "command",
-    "build_step": "command",
-    "run_pipeline": "command",
-    "NoMatchingSeriesError": "errors",
-    "PacsAuthError": "errors",
-    "PacsError": "errors",
-    "PacsRejectedError": "errors",
-    "PacsUnavailableError": "errors",
-    "PipelineError": "errors",
-    "StudyInputError": "errors",
-    "OutputIdentity": "identity",
-    "output_identity": "identity",
-    "stamp_identity": "identity",
-    "Outbox": "outbox",
-    "DicomWebPacs": "pacs",
-    "DimsePacs": "pacs",
-    "PacsAddress": "pacs",
-    "open_pacs": "pacs",
-    "parse_pacs_url": "pacs",
-    "RetryPolicy": "retry",
-    "SeriesInfo": "selection",
-    "SeriesRules": "selection",
-    "group_series": "selection",
-    "rules_for_bundle": "selection",
-    "select_series": "selection",
-    "volume_problem": "selection",
-    "StudyInput": "sources",
-    "studies_from_folder": "sources",
-    "study_from_dicomweb": "sources",
-    "OK_STATUSES": "step",
-    "STATUSES": "step",
-    "PipelineStep": "step",
+    "SEG_TYPES": ".bundle_run",
+    "BundleRunner": ".bundle_run",
+    "BundleRunError": ".bundle_run",
+    "parse_override": ".bundle_run",
+    "PASSWORD_ENV": ".command",
+    "add_pipeline_parser": ".command",
+    "build_pipeline_parser": ".command",
+    "build_step": ".command",
+    "run_pipeline": ".command",
+    "NoMatchingSeriesError": ".errors",
+    "PacsAuthError": ".errors",
+    "PacsError": ".errors",
+    "PacsRejectedError": ".errors",
+    "PacsUnavailableError": ".errors",
+    "PipelineError": ".errors",
+    "StudyInputError": ".errors",
+    "OutputIdentity": ".identity",
+    "output_identity": ".identity",
+    "stamp_identity": ".identity",
+    "Outbox": ".outbox",
+    "DicomWebPacs": ".pacs",
+    "DimsePacs": ".pacs",
+    "PacsAddress": ".pacs",
+    "open_pacs": ".pacs",
+    "parse_pacs_url": ".pacs",
+    "RetryPolicy": ".retry",
+    "SeriesInfo": ".selection",
+    "SeriesRules": ".selection",
+    "group_series": ".selection",
+    "rules_for_bundle": ".selection",
+    "select_series": ".selection",
+    "volume_problem": ".selection",
+    "StudyInput": ".sources",
+    "studies_from_folder": ".sources",
+    "study_from_dicomweb": ".sources",
+    "OK_STATUSES": ".step",
+    "STATUSES": ".step",
+    "PipelineStep": ".step",
 }
 
 __all__ = [
@@ -97,9 +96,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"medcam_monai.pipeline.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'medcam_monai.pipeline' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

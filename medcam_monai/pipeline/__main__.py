@@ -2,7 +2,7 @@
 
 import sys
 
-from medcam_monai.cli import configure_threads
+from medcam_monai.threads import configure_threads
 from medcam_monai.pipeline.command import build_pipeline_parser, run_pipeline
 
 if __name__ == "__main__":

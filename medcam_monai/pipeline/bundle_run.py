@@ -1,9 +1,10 @@
 """Running a bundle and its explainer on one DICOM series: the step's only contact with the model.
 
-The bundle's own ``configs/inference.json`` runs (MONAI ``ConfigWorkflow``, through
-:func:`medcam_monai.cli.run_bundle`) with the overrides ``medcam-monai explain`` uses: a one-case
+The bundle's own ``configs/inference.json`` runs through the bundle service
+(:func:`medcam_monai.bundle.explain_with_bundle`), as ``medcam-monai explain`` runs it: a one-case
 datalist, ``LoadDicomd`` as the first preprocessing transform, and the DICOM writers of the
-:class:`~medcam_monai.handlers.ExplanationHandler` in its ``explanation`` entry.
+:class:`~medcam_monai.handlers.ExplanationHandler` in its ``explanation`` entry; the records come
+back in memory.
 """
 
 from __future__ import annotations
@@ -17,27 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medcam_monai.io.formats import SEG_TYPES
 from medcam_monai.pipeline.errors import PipelineError
 from medcam_monai.pipeline.identity import OutputIdentity, output_identity
 
 __all__ = ["BundleRunner", "BundleRunError", "SEG_TYPES", "parse_override"]
 
-SEG_TYPES = ("BINARY", "FRACTIONAL", "LABELMAP")
 
 
 class BundleRunError(PipelineError):
     """The bundle failed on a series; the message is the underlying error (e.g. IrregularSpacingError)."""
-
-
-def _root_cause(e: BaseException) -> BaseException:
-    """The error under MONAI's config wrappers ('Failed to evaluate ...', 'applying transform ...')."""
-    seen = set()
-    while e.__cause__ is not None and id(e) not in seen:
-        if not (isinstance(e, RuntimeError) and str(e).startswith(("Failed to", "applying transform"))):
-            break
-        seen.add(id(e))
-        e = e.__cause__
-    return e
 
 
 def _logs_off_stdout() -> None:
@@ -88,8 +78,8 @@ class BundleRunner:
     uid_root: str | None = None
 
     def __post_init__(self) -> None:
-        from medcam_monai.bundle_utils import find_bundle
-        from medcam_monai.weights import WeightsError, check_weights_file
+        from medcam_monai.bundle import find_bundle
+        from medcam_monai.bundle.weights import WeightsError, check_weights_file
 
         self.folder = find_bundle(self.bundle)
         self.seg_type = str(self.seg_type).upper()
@@ -131,27 +121,18 @@ class BundleRunner:
 
         The bundle's console logging goes to stderr, keeping stdout for the step's JSON lines.
         """
-        from medcam_monai.cli import run_bundle
+        from medcam_monai.bundle import explain_with_bundle, root_cause
 
-        out_dir = Path(out_dir)
-        override: dict[str, Any] = {
-            "bundle_root": str(self.root),
-            "ckpt_path": str(self.ckpt),
-            "output_dir": str(out_dir),
-            "progress": False,
-            "datalist": [{"image": str(series_folder)}],
-            "preprocessing#transforms#0": {"_target_": "medcam_monai.io.LoadDicomd", "keys": "image", "series_uid": series_uid},
-            "explanation#writers": self._writers(),
-        }
-        override.update(self.overrides)
         _logs_off_stdout()
         try:
             with contextlib.redirect_stdout(sys.stderr):
-                run_bundle(self.folder, "inference.json", **override)
+                records = explain_with_bundle(
+                    self.folder, out_dir, root=self.root, weights=self.ckpt, datalist=[{"image": str(series_folder)}],
+                    kind="dicom", series_uid=series_uid, writers=self._writers(), progress=False, overrides=self.overrides,
+                )
         except Exception as e:
-            cause = _root_cause(e)
+            cause = root_cause(e)
             raise BundleRunError(f"{type(cause).__name__}: {cause}") from e
-        records = json.loads((out_dir / "explanations" / "explanations.json").read_text())
         if len(records) != 1:
             raise RuntimeError(f"The bundle explained {len(records)} cases for one series; expected 1 (see {out_dir}).")
         outputs = records[0].get("outputs") or {}

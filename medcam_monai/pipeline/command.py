@@ -20,6 +20,8 @@ from pathlib import Path
 
 __all__ = ["add_pipeline_parser", "build_pipeline_parser", "run_pipeline", "build_step", "PASSWORD_ENV"]
 
+from medcam_monai.io.formats import SEG_TYPES
+
 PASSWORD_ENV = "MEDCAM_PACS_PASSWORD"
 logger = logging.getLogger("medcam_monai.pipeline")
 
@@ -43,7 +45,7 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--keep-sent", action="store_true", help="keep stored objects under <work-dir>/sent instead of deleting them")
     p.add_argument("--bundle-root", help="folder holding models/model.pt (default: the bundle folder)")
     p.add_argument("--weights", help="state dict of the bundle's network (default: <bundle-root>/models/model.pt)")
-    p.add_argument("--seg-type", default="BINARY", choices=["BINARY", "FRACTIONAL", "LABELMAP"], type=str.upper,
+    p.add_argument("--seg-type", default="BINARY", choices=SEG_TYPES, type=str.upper,
                    help="DICOM-SEG type (default BINARY: every PACS stores it; LABELMAP is refused by many)")
     p.add_argument("--rules", help="series selection rules as JSON or a JSON file (default: the bundle's \"series_selection\")")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
@@ -162,7 +164,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     """Run the step with parsed arguments; returns the exit code (0 ok, 1 some study not done, 2 bad command)."""
     from medcam_monai.pipeline.errors import PipelineError
     from medcam_monai.pipeline.step import OK_STATUSES
-    from medcam_monai.weights import WeightsError
+    from medcam_monai.bundle.weights import WeightsError
 
     _setup_logging()
     try:

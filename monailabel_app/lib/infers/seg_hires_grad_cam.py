@@ -76,7 +76,7 @@ class SegHiResGradCAMHeatmap(ExplainTask):
             normalize="max",  # [0, 1] per case, so bands mean the same on every image
             inferer=inferer if isinstance(inferer, SlidingWindowInferer) else None,
         )
-        return cam(x, classes=target, pixels=pixels)
+        return cam(x, target=target, pixels=pixels)
 
     def describe(self, explanation: Explanation, data: dict) -> dict[str, Any]:
         target = int(explanation.target[0, 0])

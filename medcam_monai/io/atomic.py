@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path"]
+__all__ = ["atomic_path", "check_writable_dir"]
 
 
 @contextmanager
@@ -38,3 +38,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def check_writable_dir(folder: str | os.PathLike, fix: str = "choose another folder") -> Path:
+    """Create ``folder`` if needed and check that a file can be written in it, before any work.
+
+    Raises:
+        InputError: naming the folder, the reason and ``fix`` (how the caller's user picks another).
+    """
+    from medcam_monai.errors import InputError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".medcam_write_test_{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise InputError(f"Cannot write to output folder {str(folder)!r} ({e.strerror or e}): {fix}.") from None
+    return folder

@@ -1,4 +1,4 @@
-"""Input checks shared by every explainer: each names the problem and the fix."""
+"""Checks of what goes into and comes out of an explained network; each error names the problem and the fix."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["check_image", "check_class_logits", "resolve_targets"]
+__all__ = ["check_image", "check_class_logits", "check_segmentation_output"]
 
 _AXES = {1: "(B, C, L)", 2: "(B, C, H, W)", 3: "(B, C, D, H, W)"}
 
@@ -72,21 +72,37 @@ def check_class_logits(out: object, batch: int, what: str = "classifier", min_cl
     return out
 
 
-def resolve_targets(
-    target: int | Sequence[int] | torch.Tensor | None, default: torch.Tensor, num_classes: int
-) -> torch.Tensor:
-    """Per-case target classes ``(B,)``: ``default`` when ``target`` is None, else checked in range."""
-    if target is None:
-        return default
-    t = torch.as_tensor(target, dtype=torch.long, device=default.device).flatten()
-    if t.numel() == 1:
-        t = t.expand(default.shape[0]).clone()
-    if t.numel() != default.shape[0]:
-        raise ValueError(f"Got {t.numel()} target classes for a batch of {default.shape[0]}: give one per case or one for all.")
-    bad = [int(v) for v in t if not 0 <= int(v) < num_classes]
-    if bad:
-        raise ValueError(
-            f"Target class {bad[0]} is out of range: the classifier has {num_classes} classes "
-            f"(valid indices 0..{num_classes - 1})."
+def check_segmentation_output(out: object, x_shape: Sequence[int]) -> torch.Tensor:
+    """The network's class logits ``(B, C, *spatial)`` on the input grid ``x_shape``.
+
+    A tuple/list output (deep supervision) gives its first tensor.
+
+    Raises:
+        TypeError: no tensor output.
+        ValueError: no class channel, another batch size or another spatial grid than the input.
+    """
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(
+            f"The segmentation network returned {type(out).__name__}; expected a tensor of class logits "
+            f"(B, C, *spatial). Wrap it, e.g. lambda x: net(x)['pred']."
         )
-    return t
+    x_shape = tuple(x_shape)
+    if out.ndim == len(x_shape) - 1 and tuple(out.shape[1:]) == x_shape[2:]:
+        raise ValueError(
+            f"The network output {tuple(out.shape)} has no class channel: a segmentation CAM needs logits "
+            f"(B, C, *spatial). Add the channel axis (out[:, None]) for a single-class net."
+        )
+    if out.ndim != len(x_shape) or out.shape[0] != x_shape[0]:
+        raise ValueError(
+            f"The network output {tuple(out.shape)} is not (B, C, *spatial) for the input {x_shape}: a "
+            f"segmentation CAM needs one class channel axis and the input's spatial axes. A classifier "
+            f"(B, num_classes) is explained with GradCAM or HiResCAM."
+        )
+    if tuple(out.shape[2:]) != x_shape[2:]:
+        raise ValueError(
+            f"The network output's grid {tuple(out.shape[2:])} differs from its input's {x_shape[2:]}; "
+            f"pixel sets are defined on the input grid, so the output must have the input's spatial size."
+        )
+    return out

@@ -1,10 +1,12 @@
-"""Helpers the bundles' configs call with ``$medcam_monai.bundle_utils...``: where the data comes from.
+"""Where a bundle's cases come from: the real dataset when the user has it, else stand-in files.
 
-Every bundle names its dataset once (``"dataset_name": "idrid_grading"``) and asks :func:`datalist` for the
-cases of a split. When the real dataset is at ``dataset_dir`` (laid out as its file in
-``data_manifests/`` says), its files are listed; otherwise the project's stand-in generator for
-that modality (:mod:`medcam_monai.phantoms`) writes image files once into ``standin_dir``, so the
-bundle's own ``LoadImaged`` preprocessing reads stand-in and real data the same way.
+The project's bundles call this from their configs (``$medcam_monai.data.standins.datalist(...)``).
+Every bundle names its dataset once (``"dataset_name": "idrid_grading"``) and asks :func:`datalist`
+for the cases of a split. When the real dataset is at ``dataset_dir`` (laid out as its file in
+``data_manifests/`` says), its files are listed; otherwise the project's stand-in generator for that
+modality (:mod:`medcam_monai.data.phantoms`) writes image files once into ``standin_dir``, so the
+bundle's own ``LoadImaged`` preprocessing reads stand-in and real data the same way. The seed of
+each split is public (:data:`SPLIT_SEEDS`), so the true evidence of a stand-in case can be made again.
 """
 
 from __future__ import annotations
@@ -22,12 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["STANDINS", "StandIn", "datalist", "standin_datalist", "real_datalist", "find_bundle", "BUNDLES_DIR"]
+__all__ = ["STANDINS", "StandIn", "SPLIT_SEEDS", "datalist", "standin_datalist", "real_datalist"]
 
 logger = logging.getLogger(__name__)
-
-# the repository's bundles (an editable install keeps them next to the package)
-BUNDLES_DIR = Path(__file__).resolve().parent.parent / "bundles"
 
 # stand-in CT is written in Hounsfield units so the CT bundle's intensity window applies unchanged
 _HU_LOW, _HU_HIGH = -200.0, 300.0
@@ -38,7 +37,7 @@ class StandIn:
     """How to make stand-in files for one dataset.
 
     Args:
-        generator: name of a :mod:`medcam_monai.phantoms` function returning a ``PhantomBatch``.
+        generator: name of a :mod:`medcam_monai.data.phantoms` function returning a ``PhantomBatch``.
         kwargs: fixed arguments of the generator (e.g. ``spatial_dims``).
         suffix: ``".png"`` (2D, uint8) or ``".nii.gz"`` (3D, with a label map for segmentation).
     """
@@ -48,7 +47,7 @@ class StandIn:
     suffix: str = ".png"
 
     def make(self, n: int, size: int, seed: int):
-        from medcam_monai import phantoms
+        from medcam_monai.data import phantoms
 
         fn: Callable = getattr(phantoms, self.generator)
         return fn(n, size=size, seed=seed, **self.kwargs)
@@ -63,7 +62,8 @@ STANDINS: dict[str, StandIn] = {
     "kits23": StandIn("ct_phantoms", {"spatial_dims": 3}, suffix=".nii.gz"),
 }
 
-_SPLIT_SEEDS = {"train": 0, "val": 10_000, "test": 20_000}
+# the seed of each split's stand-in cases; the evaluation regenerates their true evidence from it
+SPLIT_SEEDS = {"train": 0, "val": 10_000, "test": 20_000}
 
 
 def _write_png(path: Path, image: torch.Tensor) -> None:
@@ -95,8 +95,8 @@ def standin_datalist(
     """
     if dataset not in STANDINS:
         raise ValueError(f"No stand-in generator for dataset {dataset!r}; known: {sorted(STANDINS)}.")
-    if split not in _SPLIT_SEEDS:
-        raise ValueError(f"split must be one of {sorted(_SPLIT_SEEDS)}, got {split!r}.")
+    if split not in SPLIT_SEEDS:
+        raise ValueError(f"split must be one of {sorted(SPLIT_SEEDS)}, got {split!r}.")
     if num_cases < 1 or image_size < 16:
         raise ValueError(f"num_cases must be >= 1 and image_size >= 16, got {num_cases} and {image_size}.")
     folder = Path(standin_dir) / dataset / f"{split}_n{num_cases}_s{image_size}"
@@ -109,7 +109,7 @@ def standin_datalist(
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     standin = STANDINS[dataset]
-    batch = standin.make(num_cases, image_size, _SPLIT_SEEDS[split])
+    batch = standin.make(num_cases, image_size, SPLIT_SEEDS[split])
     entries = []
     for i in range(num_cases):
         name = f"{dataset}_{split}_{i:04d}"
@@ -137,12 +137,12 @@ def real_datalist(dataset: str, dataset_dir: str | os.PathLike | None, split: st
     """The real dataset's cases of ``split`` when ``dataset_dir`` exists, else None.
 
     The layout and split rule come from ``data_manifests/<dataset>.json``
-    (:func:`medcam_monai.datasets.load_datalist`); a folder that exists but does not match the
+    (:func:`medcam_monai.data.manifests.load_datalist`); a folder that exists but does not match the
     layout raises its ``DatasetValidationError``, naming what is missing.
     """
     if not dataset_dir or not Path(dataset_dir).is_dir():
         return None
-    from medcam_monai.datasets import load_datalist
+    from medcam_monai.data.manifests import load_datalist
 
     return load_datalist(dataset, dataset_dir, split)
 
@@ -180,25 +180,3 @@ def datalist(
             )
         logger.info("%s not found at %r: using generated stand-in data", dataset, str(dataset_dir))
     return standin_datalist(dataset, standin_dir, split, num_cases, image_size)
-
-
-def find_bundle(name_or_path: str | os.PathLike) -> Path:
-    """A bundle folder from a path or the name of one of the repository's bundles.
-
-    Raises:
-        FileNotFoundError: the folder does not exist or has no ``configs/`` (with what was expected).
-    """
-    path = Path(name_or_path)
-    if not path.exists() and (BUNDLES_DIR / str(name_or_path)).exists():
-        path = BUNDLES_DIR / str(name_or_path)
-    if not path.is_dir():
-        known = sorted(p.parent.name for p in BUNDLES_DIR.glob("*/configs")) if BUNDLES_DIR.is_dir() else []
-        raise FileNotFoundError(
-            f"Bundle {str(name_or_path)!r} not found: give a bundle folder or one of {known}."
-        )
-    if not (path / "configs").is_dir():
-        raise FileNotFoundError(
-            f"{str(path)!r} is not a MONAI bundle: it has no configs/ folder. A bundle holds "
-            f"configs/metadata.json and configs/inference.json (see bundles/fundus_resnet18)."
-        )
-    return path

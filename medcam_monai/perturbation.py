@@ -1,9 +1,11 @@
-"""Backgrounds ``r`` for Med-CAM's robustness term ``f(m * x + (1 - m) * r)``.
+"""Perturbation backgrounds: what replaces the pixels an explanation leaves out.
 
-The background decides whether masks are minimal (../shared/DESIGN.md, measured): with uniform
-noise the classifier sees out-of-distribution images and the mask grows to cover them; with a
-blurred copy of the image (in distribution, but without the fine evidence) the mask shrinks to the
-evidence. ``"blur"`` is therefore the default.
+Two users share them: Med-CAM's robustness term ``f(m * x + (1 - m) * r)`` and the metrics that
+delete or keep pixels (faithfulness, deletion/insertion curves). The background decides whether
+masks are minimal (../shared/DESIGN.md, measured): with uniform noise the classifier sees
+out-of-distribution images and the mask grows to cover them; with a blurred copy of the image (in
+distribution, but without the fine evidence) the mask shrinks to the evidence. ``"blur"`` is
+therefore the default.
 
 Every generator takes ``x`` of shape ``(B, C, *spatial)`` and one ``torch.Generator`` per case (so a
 case gets the same background alone or in a batch) and returns a tensor shaped like ``x``.

@@ -47,7 +47,7 @@ __all__ = [
 
 # The repository's data_manifests/ (next to the package in a source checkout or editable
 # install); MEDCAM_MONAI_MANIFESTS points elsewhere, e.g. for a wheel install.
-MANIFEST_DIR = Path(os.environ.get("MEDCAM_MONAI_MANIFESTS", Path(__file__).resolve().parent.parent / "data_manifests"))
+MANIFEST_DIR = Path(os.environ.get("MEDCAM_MONAI_MANIFESTS", Path(__file__).resolve().parents[2] / "data_manifests"))
 
 _REQUIRED = ("name", "task", "classes", "layout", "split", "source", "license", "citation", "checksums")
 _KINDS = ("class_folders", "label_file", "cases")

@@ -1,12 +1,11 @@
-"""The benchmark: its numbers are the metrics' (known answers), and `bench` writes a readable report folder.
+"""The evaluation: its numbers are the metrics' (known answers), and `evaluate` writes a readable report folder.
 
 Sizes are tiny (32 px, one training epoch, 2 cases, 3 Med-CAM steps): these tests check the wiring
-and the report, not how good the explainers are (docs/bench.md has a realistic run).
+and the report, not how good the explainers are (docs/evaluation.md has a realistic run).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -18,17 +17,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from medcam_monai import metrics
-from medcam_monai.bench import (
-    PixelSetScore,
-    add_bench_parser,
-    evaluate_classification,
-    evaluate_segmentation,
-    standin_truth,
-)
+from medcam_monai.cli import main
+from medcam_monai.evaluation import metrics
+from medcam_monai.evaluation.data import standin_truth
+from medcam_monai.evaluation.runner import PixelSetScore, evaluate_classification, evaluate_segmentation
 from medcam_monai.explanation import HEATMAP, MASK, Explanation
-from medcam_monai.phantoms import marker_phantoms
-from medcam_monai.report import METRICS, format_cell, markdown_table, summarise, write_report
+from medcam_monai.data.phantoms import marker_phantoms
+from medcam_monai.evaluation.report import METRICS, format_cell, markdown_table, summarise, write_report
 
 torch.set_num_threads(1)  # two xdist workers on two cores: more threads only oversubscribe
 
@@ -127,10 +122,7 @@ def test_pixel_set_score_and_segmentation_known_answer(tmp_path):
 
 
 def _run(argv) -> int:
-    parser = argparse.ArgumentParser()
-    add_bench_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)
 
 
 def _check_png(path, min_side=200):
@@ -142,9 +134,9 @@ def _check_png(path, min_side=200):
         assert len(np.unique(np.asarray(im.convert("L")))) > 20
 
 
-def test_bench_command_writes_the_report(tmp_path):
+def test_evaluate_command_writes_the_report(tmp_path):
     out = tmp_path / "report"
-    rc = _run(["bench", "fundus_resnet18", "--output", str(out), "--bundle-root", str(tmp_path / "bundle"),
+    rc = _run(["evaluate", "fundus_resnet18", "--output", str(out), "--bundle-root", str(tmp_path / "bundle"),
                "--image-size", "32", "--train-cases", "4", "--epochs", "1", "--cases", "2", "--steps", "3",
                "--curve-steps", "3", "--sanity-cases", "1", "--sanity-stages", "1", "--seed", "0"])
     assert rc == 0
@@ -179,7 +171,7 @@ def test_standin_truth_matches_the_files_the_bundle_read(tmp_path):
     """Regenerated evidence lines up with the bundle's (transposed) reading of the stand-in PNGs."""
     from monai.bundle import ConfigParser
 
-    from medcam_monai.bundle_utils import BUNDLES_DIR
+    from medcam_monai.bundle import BUNDLES_DIR
 
     parser = ConfigParser()
     parser.read_config(str(BUNDLES_DIR / "fundus_resnet18" / "configs" / "inference.json"))
@@ -188,17 +180,17 @@ def test_standin_truth_matches_the_files_the_bundle_read(tmp_path):
     images = torch.stack([pre(dict(d))["image"].as_tensor() for d in parser.get_parsed_content("datalist")])
     truth = standin_truth("idrid_grading", images, "test", 3, 32)
     assert truth is not None and truth.shape == (3, 1, 32, 32)
-    from medcam_monai.bundle_utils import STANDINS
+    from medcam_monai.data.standins import STANDINS
 
     batch = STANDINS["idrid_grading"].make(3, 32, 20_000)
     assert torch.equal(truth, batch.evidence.transpose(-1, -2))  # MONAI reads 2D files as (x, y)
     assert standin_truth("idrid_grading", images.flip(-1), "test", 3, 32) is None  # not the same pixels: no truth
 
 
-def test_bench_command_segmentation_bundle(tmp_path):
-    """A segmentation bundle is benchmarked with Seg-HiRes-Grad CAM against Seg-Grad CAM, through its inferer."""
+def test_evaluate_command_segmentation_bundle(tmp_path):
+    """A segmentation bundle is evaluated with Seg-HiRes-Grad CAM against Seg-Grad CAM, through its inferer."""
     out = tmp_path / "report"
-    rc = _run(["bench", "kidney_ct_unet3d", "--output", str(out), "--bundle-root", str(tmp_path / "bundle"),
+    rc = _run(["evaluate", "kidney_ct_unet3d", "--output", str(out), "--bundle-root", str(tmp_path / "bundle"),
                "--image-size", "32", "--train-cases", "2", "--epochs", "1", "--cases", "1", "--curve-steps", "2",
                "--sanity-cases", "1", "--sanity-stages", "1"])
     assert rc == 0

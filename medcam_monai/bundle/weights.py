@@ -13,11 +13,13 @@ from pathlib import Path
 
 from monai.handlers import CheckpointLoader
 
+from medcam_monai.errors import InputError
+
 __all__ = ["WeightsError", "is_torchscript_file", "check_weights_file", "CheckedCheckpointLoader"]
 
 
-class WeightsError(RuntimeError):
-    """Weights that are missing, TorchScript, or do not fit the network."""
+class WeightsError(InputError):
+    """Weights that are missing, TorchScript, or do not fit the network (the user passes others or trains)."""
 
 
 def is_torchscript_file(path: str | os.PathLike) -> bool:
