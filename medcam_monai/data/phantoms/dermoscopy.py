@@ -38,12 +38,6 @@ _DARK_PIGMENT = (0.25, 0.13, 0.10)
 _HAIR = (0.12, 0.08, 0.06)
 
 
-
-
-
-
-
-
 def dermoscopy_phantoms(
     n: int,
     size: int = 64,

@@ -17,7 +17,6 @@ from medcam_monai.data.phantoms.drawing import (
 __all__ = ["marker_phantoms"]
 
 
-
 def marker_phantoms(
     n: int,
     size: int | tuple[int, ...] = 32,
