@@ -223,8 +223,8 @@ def evaluate_classification(
         v["area_fraction"] = M.area_fraction(b)[:, 0]
         v["components"] = M.connected_components(b)[:, 0].float()
         curves[name] = {
-            "deletion": M.deletion_curve(model, images, saliency[name], predictions, curve_steps, baseline, seed=seed),
-            "insertion": M.insertion_curve(model, images, saliency[name], predictions, curve_steps, baseline, seed=seed),
+            mode: M.perturbation_curve(model, images, saliency[name], mode, predictions, steps=curve_steps, baseline=baseline, seed=seed)
+            for mode in M.MODES
         }
         v["deletion_auc"], v["insertion_auc"] = curves[name]["deletion"].auc, curves[name]["insertion"].auc
         _localisation(v, saliency[name], b, truth)
@@ -336,13 +336,15 @@ def evaluate_segmentation(
         s = saliency[name]
         b = M.top_fraction_mask(s, M.area_fraction(pred)[:, 0], seed=seed)
         binary[name] = b
-        dele, ins = [], []
+        per_case: dict[str, list[M.PerturbationCurve]] = {mode: [] for mode in M.MODES}
         for i in range(n):
             scorer = PixelSetScore(model, pred[i : i + 1], inferer)
-            kw = dict(target=[explain_class], steps=curve_steps, baseline=baseline, batch_size=2, probability=False, seed=seed)
-            dele.append(M.deletion_curve(scorer, images[i : i + 1], s[i : i + 1], **kw))
-            ins.append(M.insertion_curve(scorer, images[i : i + 1], s[i : i + 1], **kw))
-        curves[name] = {"deletion": _stack_curves(dele), "insertion": _stack_curves(ins)}
+            for mode in M.MODES:
+                per_case[mode].append(M.perturbation_curve(
+                    scorer, images[i : i + 1], s[i : i + 1], mode, [explain_class], steps=curve_steps, baseline=baseline,
+                    batch_size=2, probability=False, seed=seed,
+                ))
+        curves[name] = {mode: _stack_curves(c) for mode, c in per_case.items()}
         v = {
             "dice": dice,
             "pixels": pred.flatten(1).sum(1),

@@ -14,7 +14,13 @@ region scores 0 on all three.
 """
 
 from medcam_monai.evaluation.metrics.common import as_map
-from medcam_monai.evaluation.metrics.curves import PerturbationCurve, deletion_curve, insertion_curve
+from medcam_monai.evaluation.metrics.curves import (
+    MODES,
+    PerturbationCurve,
+    deletion_curve,
+    insertion_curve,
+    perturbation_curve,
+)
 from medcam_monai.evaluation.metrics.faithfulness import decision_kept, faithfulness
 from medcam_monai.evaluation.metrics.localisation import (
     energy_inside,
@@ -34,7 +40,9 @@ __all__ = [
     "area_fraction",
     "connected_components",
     "minimality",
+    "MODES",
     "PerturbationCurve",
+    "perturbation_curve",
     "deletion_curve",
     "insertion_curve",
     "top_fraction_mask",
