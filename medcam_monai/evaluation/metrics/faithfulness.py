@@ -1,4 +1,10 @@
-"""Faithfulness: does the classifier keep its decision on the evidence alone, and over a new background?"""
+"""Faithfulness: does the classifier keep its decision on the evidence alone, and over a new background?
+
+These are Med-CAM's own scores (the evidence ``m * x`` and the robustness image
+``m * x + (1 - m) * r`` its loss is built on); Quantus has no metric of them (its ``Sufficiency``
+asks whether cases with similar explanations get the same prediction, a different question), so
+they are ours.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,24 @@
-"""Localisation against a known true region: top pixels at a given area, IoU, pointing game, energy inside."""
+"""Localisation against a known true region: top pixels at a given area, IoU, pointing game, energy inside.
+
+How these relate to Quantus (``tests/test_metrics_quantus.py`` checks each on shared 2D cases):
+
+- :func:`pointing_game` equals Quantus's ``PointingGame(normalise=False, abs=False)`` wherever the
+  map's maximum is one pixel. Where several pixels tie at the maximum (a binary mask, a flat
+  map), Quantus counts a hit when any of them is inside, ours when more than half are, so a large
+  mask does not win by chance: ours <= Quantus. For an empty region ours gives NaN (no point to
+  find); Quantus 0.6 reports a hit (it writes NaN into a boolean array, which reads True).
+- :func:`energy_inside` equals ``RelevanceMassAccuracy(normalise=False, abs=False)`` for
+  non-negative maps; ours counts negative values as 0 (a signed map's negative evidence is not
+  mass inside or outside).
+- :func:`iou` of :func:`top_fraction_mask` at the true area and Quantus's
+  ``RelevanceRankAccuracy`` (RRA) count the same pixels: the top ``K`` (``K`` = the region's
+  size) inside the region, ``I``. RRA is ``I / K``, our IoU ``I / (2K - I)``, so
+  ``IoU = RRA / (2 - RRA)``.
+
+Ours are kept because the evaluation scores 3D volumes (Quantus 0.6 accepts batched 1D and 2D
+inputs only), ``K`` maps per case, a pointing tolerance (the region grown by ``tolerance``
+pixels), and stays in torch on the maps' device with no numpy round trip.
+"""
 
 from __future__ import annotations
 

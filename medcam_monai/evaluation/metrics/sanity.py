@@ -1,4 +1,22 @@
-"""The model-parameter randomisation test (Adebayo et al. 2018): an explanation must change with the weights."""
+"""The model-parameter randomisation test (Adebayo et al. 2018): an explanation must change with the weights.
+
+How this relates to Quantus's ``MPRT`` (``tests/test_metrics_quantus.py``, shared 2D cases):
+both randomise the same layers (those with parameters; Quantus: those with ``reset_parameters``,
+the same set for standard layers) from the output down, by ``torch.manual_seed`` then the layer's
+``reset_parameters``. One layer at a time (``cascade=False`` with ``seed = s + 1`` against
+``MPRT(layer_order="independent", seed=s)``) the random weights and the Spearman correlations are
+identical. In the cascade the first step is identical; later steps differ because Quantus reseeds
+every layer with the same seed (layers of one shape get the same random weights) while ours uses
+``seed + i``; the test checks the relation instead (both fall for a gradient map, both stay 1 for
+a map that ignores the model).
+
+Ours is kept because the explainer is called as ``(model, x) -> map`` on torch tensors, so
+explainers that need the bundle's sliding-window inferer and 3D volumes run (Quantus's
+``explain_func`` gets numpy arrays, and Quantus 0.6 accepts batched 1D and 2D inputs only);
+binary masks (Med-CAM's) are compared by IoU as well as rank correlation and SSIM (the ranks of a
+binary mask are nearly all ties); layers without ``reset_parameters`` are randomised too; and
+the caller's global random state is left as found (Quantus calls ``torch.manual_seed``).
+"""
 
 from __future__ import annotations
 

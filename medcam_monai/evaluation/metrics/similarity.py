@@ -1,4 +1,10 @@
-"""Similarity of two maps: rank correlation and structural similarity (used by the sanity check)."""
+"""Similarity of two maps: rank correlation and structural similarity (used by the sanity check).
+
+:func:`spearman_correlation` is Quantus's ``correlation_spearman`` (both are scipy's ranks;
+``tests/test_metrics_quantus.py`` compares them) except for a flat map, where ours gives 0 (no
+ranking to agree with) and scipy NaN. :func:`ssim` is kept in torch because it runs on 2D and 3D
+maps of a whole batch at once; Quantus's ``ssim`` calls scikit-image per 2D pair.
+"""
 
 from __future__ import annotations
 
