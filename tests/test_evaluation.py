@@ -24,6 +24,7 @@ from medcam_monai.evaluation.runner import PixelSetScore, evaluate_classificatio
 from medcam_monai.explanation import HEATMAP, MASK, Explanation
 from medcam_monai.data.phantoms import marker_phantoms
 from medcam_monai.evaluation.report import METRICS, format_cell, markdown_table, summarise, write_report
+from medcam_monai.evaluation.report.model_quality import classifier_lines, reliability_table, segmentation_lines
 
 torch.set_num_threads(1)  # two xdist workers on two cores: more threads only oversubscribe
 
@@ -79,6 +80,58 @@ def test_known_answers_reach_the_table(known):
     # the pipe in a label is escaped, so every row has one cell per method
     prob_rows = [line for line in table.splitlines() if line.startswith("| p(")]
     assert prob_rows and all(len(re.findall(r"(?<!\\)\|", line)) == 3 + 3 for line in prob_rows)
+
+
+def test_the_model_explained_reaches_the_report(known, tmp_path):
+    """Accuracy, chance and calibration are the metrics' own on the model's logits, and the report states them."""
+    model, batch, result = known
+    with torch.no_grad():
+        probs = torch.softmax(model(batch.images), 1)
+    expected = metrics.calibration(probs, batch.labels)
+    assert result.calibration.ece == pytest.approx(expected.ece) and torch.equal(result.calibration.counts, expected.counts)
+    assert result.chance.correct == int((probs.argmax(1) == batch.labels).sum()) and result.chance.num_classes == 2
+    paths = write_report(result, tmp_path, {"bundle": "toy", "task": "classification"})
+    report = paths["report"].read_text()
+    assert "## The model explained" in report and f"expected calibration error {expected.ece:.2f}" in report
+    assert "| confidence bin | cases | mean confidence | accuracy |" in report
+    assert "(figures/reliability.png)" in report and any(p.name == "reliability.png" for p in paths["figures"])
+    saved = json.loads(paths["results"].read_text())["model"]
+    assert saved["calibration"]["ece"] == pytest.approx(expected.ece) and saved["chance"]["cases"] == 4
+
+
+def test_report_says_plainly_when_the_classifier_has_not_learned():
+    probs = torch.full((4, 4), 0.01 / 3)
+    probs[:, 0] = 0.99
+    labels = torch.tensor([0, 1, 2, 3])
+    lines = "\n".join(classifier_lines(metrics.chance_test(labels, probs.argmax(1), 4), metrics.calibration(probs, labels)))
+    assert "accuracy 25% (1/4) on 4 classes: at chance (25%); explanations of a model that has not learned mean little" in lines
+    assert "predicts class 0 on all 4 cases" in lines and "overconfident" in lines
+    assert "expected calibration error 0.74 (10 equal-width confidence bins" in lines
+    assert reliability_table(metrics.calibration(probs, labels)).splitlines()[2:] == ["| (0.90, 1.00] | 4 | 0.99 | 25% | -0.74 |"]
+    # wrong on most cases, but above chance on 10 classes
+    wrong = "\n".join(classifier_lines(metrics.chance_test(torch.arange(10), torch.tensor([0, 1, 2, 3] + [0] * 6), 10),
+                                       metrics.calibration(torch.full((10, 10), 0.1), torch.arange(10))))
+    assert "wrong on most cases (4/10 right)" in wrong and "at chance" not in wrong and "below chance" not in wrong
+    below = "\n".join(classifier_lines(metrics.chance_test(torch.tensor([0, 0, 0, 1]), torch.tensor([1, 1, 1, 0]), 2),
+                                       metrics.calibration(torch.tensor([[0.4, 0.6]] * 3 + [[0.6, 0.4]]), torch.tensor([0, 0, 0, 1]))))
+    assert "accuracy 0% (0/4) on 2 classes: below chance (75%); explanations of a model that has not learned mean little" in below
+    # a model that has learned gets no warning
+    good = torch.eye(4)[labels] * 0.9 + 0.025
+    fine = "\n".join(classifier_lines(metrics.chance_test(labels.repeat(5), labels.repeat(5), 4),
+                                      metrics.calibration(good.repeat(5, 1), labels.repeat(5))))
+    assert "Warning" not in fine and "Caution" not in fine and "above chance (one-sided binomial test p = 9.1e-13)" in fine
+
+
+def test_report_says_plainly_when_the_segmenter_has_not_learned():
+    background = torch.zeros(3, 1, 4, 4, dtype=torch.long)
+    truth = background.clone()
+    truth[:, :, 1:3, 1:3] = 2
+    overlap = metrics.class_overlap(background, truth, 3)
+    lines = "\n".join(segmentation_lines(overlap, 2, 0, float(overlap.dice[:, 2].median())))
+    assert "segments class 2 poorly (median Dice 0.00" in lines
+    assert "predicts no voxel of class 2 on most cases (0/3 with any)" in lines
+    assert "at least 99% of every case's voxels to class 0: it has not learned to segment" in lines
+    assert segmentation_lines(metrics.class_overlap(truth, truth, 3), 2, 3, 1.0) == []
 
 
 def test_summary_cells():
@@ -147,7 +200,8 @@ def test_evaluate_command_writes_the_report(tmp_path):
     for key in ("prob_e", "deletion_auc", "insertion_auc", "iou", "pointing", "energy_inside", "sanity_spearman", "seconds"):
         assert f"| {METRICS[key].label.replace('|', chr(92) + '|')} |" in report, key
     figures = {p.name for p in (out / "figures").iterdir()}
-    assert figures == {"overlays.png", "curves.png", "distributions.png", "confidence.png", "sanity.png"}
+    assert figures == {"overlays.png", "curves.png", "distributions.png", "confidence.png", "sanity.png", "reliability.png"}
+    assert "expected calibration error" in report and "on 5 classes" in report
     for name in figures:
         _check_png(out / "figures" / name)
         assert f"(figures/{name})" in report
@@ -198,6 +252,10 @@ def test_evaluate_command_segmentation_bundle(tmp_path):
     header = next(line for line in report.splitlines() if line.startswith("| metric"))
     assert [c.strip() for c in header.split("|")[3:5]] == ["Seg-HiRes-Grad CAM", "Seg-Grad CAM"]
     assert "median Dice for class 2" in report
+    assert "| class | Dice (mean [min, max] over cases) | voxels predicted | voxels true |" in report and "| 2 (explained) |" in report
+    overlap = json.loads((out / "results.json").read_text())["model"]["overlap"]
+    assert overlap["num_classes"] == 4 and len(overlap["dice_mean"]) == 4
+    assert sum(overlap["predicted_fraction_mean"]) == pytest.approx(1.0, abs=1e-5)
     settings = json.loads((out / "settings.json").read_text())
     assert settings["task"] == "segmentation" and settings["explainers"]["explain_class"] == 2
     assert settings["ground_truth"] == "phantom evidence"

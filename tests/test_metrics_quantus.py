@@ -48,7 +48,6 @@ from torch import nn
 from medcam_monai.evaluation import metrics as M
 
 quantus = pytest.importorskip("quantus", reason="Quantus is in the `test` extra: pip install -e '.[test]'")
-from quantus.functions.similarity_func import correlation_spearman  # noqa: E402
 
 SIZE, CLASSES = 8, 3
 CORNERS = [(1, 1), (1, 5), (5, 3)]  # class c: a bright 2x2 blob at CORNERS[c]
@@ -251,7 +250,7 @@ def test_one_layer_at_a_time_matches_quantus_mprt(case):
 
 def test_cascade_against_quantus_mprt_top_down(case):
     model, x, y, _, _ = case
-    grad = lambda m, xx: gradient_map(m, xx, y)  # noqa: E731
+    grad = lambda m, xx: gradient_map(m, xx, y)
     theirs = _mprt(model, x, y, _quantus_explainer(gradient_map), "top_down", seed=41)
     ours = M.cascading_randomization(model, x, grad, cascade=True, seed=42, keep_maps=True)
     assert [k for k in theirs if k != "original"] == ours.layers == ["5", "2", "0"]  # output first, same layers
@@ -259,11 +258,11 @@ def test_cascade_against_quantus_mprt_top_down(case):
     # later steps use other seeds: the relation both must show is that the map decorrelates
     assert (ours.spearman.abs() < 0.5).all() and all((np.abs(theirs[k]) < 0.5).all() for k in ours.layers)
     # a map that ignores the model stays the same in both
-    image = lambda m, xx, *_: xx.abs()  # noqa: E731
+    image = lambda m, xx, *_: xx.abs()
     same_theirs = _mprt(model, x, y, _quantus_explainer(image), "top_down", seed=41)
     same_ours = M.cascading_randomization(model, x, image, cascade=True, seed=42)
     assert torch.allclose(same_ours.spearman, torch.ones(3, 4)) and all(np.allclose(same_theirs[k], 1) for k in ours.layers)
     # our rank correlation is Quantus's (scipy's) on the same pairs of maps
     for step, randomised in enumerate(ours.maps):
-        expected = correlation_spearman(ours.original.flatten(1).numpy(), randomised.flatten(1).numpy(), batched=True)
+        expected = quantus.functions.similarity_func.correlation_spearman(ours.original.flatten(1).numpy(), randomised.flatten(1).numpy(), batched=True)
         assert np.allclose(ours.spearman[step].numpy(), expected, atol=1e-6)

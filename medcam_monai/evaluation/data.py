@@ -17,7 +17,7 @@ from torch import nn
 
 from medcam_monai.registry import explainer_spec
 
-__all__ = ["EvaluationData", "load_evaluation_data", "standin_truth"]
+__all__ = ["EvaluationData", "load_evaluation_data", "standin_truth", "standin_label_map"]
 
 
 @dataclass
@@ -31,6 +31,8 @@ class EvaluationData:
             without region annotations).
         labels: ``(N,)`` class of each case (classification) or None.
         task: ``"classification"`` or ``"segmentation"``.
+        label_map: segmentation: ``(N, 1, *spatial)`` the true label map of every class (for the
+            network's per-class Dice), or None when unknown.
         config: the bundle's parsed settings the explainers need (``explainer_kwargs``,
             ``inferer``, ``explain_class``, ``pixels``) and a description of the data.
     """
@@ -41,6 +43,7 @@ class EvaluationData:
     labels: torch.Tensor | None
     task: str
     config: dict[str, Any] = field(default_factory=dict)
+    label_map: torch.Tensor | None = None
 
 
 def _parser(bundle: Path, overrides: dict[str, Any]):
@@ -73,6 +76,24 @@ def _best_orientation(image: torch.Tensor, reference: torch.Tensor) -> tuple[int
     return best if err < 0.01 else None
 
 
+def _standin_oriented(dataset: str, images: torch.Tensor, split: str, num_cases: int, image_size: int, pick) -> torch.Tensor | None:
+    """``pick(batch)`` ``(N, 1, *spatial)`` of the regenerated stand-in cases, in the axis order the bundle read, or None."""
+    from medcam_monai.data.standins import SPLIT_SEEDS, STANDINS  # the seeds the stand-in files were written with
+
+    batch = STANDINS[dataset].make(num_cases, image_size, SPLIT_SEEDS[split])
+    maps = pick(batch)
+    out = []
+    for i in range(images.shape[0]):
+        reference = batch.images[i]
+        if tuple(reference.shape[1:]) != tuple(images.shape[2:]) and sorted(reference.shape[1:]) != sorted(images.shape[2:]):
+            return None
+        perm = _best_orientation(images[i], reference[: images.shape[1]])
+        if perm is None:
+            return None
+        out.append(maps[i].permute(0, *perm))
+    return torch.stack(out)
+
+
 def standin_truth(
     dataset: str, images: torch.Tensor, split: str, num_cases: int, image_size: int, explain_class: int | None = None
 ) -> torch.Tensor | None:
@@ -89,24 +110,18 @@ def standin_truth(
         split, num_cases, image_size: as passed to :func:`medcam_monai.data.standins.standin_datalist`.
         explain_class: segmentation: the evidence is the region of this label.
     """
-    from medcam_monai.data.standins import SPLIT_SEEDS, STANDINS  # the seeds the stand-in files were written with
-
-    batch = STANDINS[dataset].make(num_cases, image_size, SPLIT_SEEDS[split])
-    region = batch.evidence if explain_class is None else (batch.labels == explain_class).float()
-    out = []
-    for i in range(images.shape[0]):
-        reference = batch.images[i]
-        if tuple(reference.shape[1:]) != tuple(images.shape[2:]) and sorted(reference.shape[1:]) != sorted(images.shape[2:]):
-            return None
-        perm = _best_orientation(images[i], reference[: images.shape[1]])
-        if perm is None:
-            return None
-        out.append(region[i].permute(0, *perm))
-    return torch.stack(out).float()
+    pick = (lambda b: b.evidence) if explain_class is None else (lambda b: b.labels == explain_class)
+    region = _standin_oriented(dataset, images, split, num_cases, image_size, pick)
+    return None if region is None else region.float()
 
 
-def _load_label_region(entry: dict, image: torch.Tensor, explain_class: int) -> torch.Tensor | None:
-    """The region of ``explain_class`` in a real case's label map, on the image's grid (RAS), or None."""
+def standin_label_map(dataset: str, images: torch.Tensor, split: str, num_cases: int, image_size: int) -> torch.Tensor | None:
+    """The true label map ``(N, 1, *spatial)`` of stand-in segmentation cases (as :func:`standin_truth`), or None."""
+    return _standin_oriented(dataset, images, split, num_cases, image_size, lambda b: b.labels.long())
+
+
+def _load_label_map(entry: dict, image: torch.Tensor) -> torch.Tensor | None:
+    """A real case's label map ``(1, *spatial)`` on the image's grid (RAS), or None when it has none."""
     from monai.transforms import LoadImage, Orientation, ResizeWithPadOrCrop
 
     if not isinstance(entry.get("label"), str):
@@ -116,7 +131,7 @@ def _load_label_region(entry: dict, image: torch.Tensor, explain_class: int) -> 
         label = Orientation(axcodes="RAS")(label)
     if tuple(label.shape[1:]) != tuple(image.shape[1:]):
         label = ResizeWithPadOrCrop(image.shape[1:])(label)  # the bundle's padding to the ROI
-    return (torch.as_tensor(label.as_tensor() if hasattr(label, "as_tensor") else label) == explain_class).float()
+    return torch.as_tensor(label.as_tensor() if hasattr(label, "as_tensor") else label).round().long()
 
 
 def load_evaluation_data(
@@ -168,11 +183,15 @@ def load_evaluation_data(
     size = parser.get_parsed_content("image_size")
     standin = not real_datalist(dataset, parser.get_parsed_content("dataset_dir"), split)
     explain_class = int(parser.get_parsed_content("explain_class")) if task == "segmentation" else None
+    label_map = None
     if standin:
         truth = standin_truth(dataset, images, split, num_cases, size, explain_class)
+        if task == "segmentation":
+            label_map = standin_label_map(dataset, images, split, num_cases, size)
     elif task == "segmentation":
-        regions = [_load_label_region(d, img, explain_class) for d, img in zip(datalist, images)]
-        truth = None if any(r is None for r in regions) else torch.stack(regions)
+        maps = [_load_label_map(d, img) for d, img in zip(datalist, images)]
+        label_map = None if any(m is None for m in maps) else torch.stack(maps)
+        truth = None if label_map is None else (label_map == explain_class).float()
     else:
         truth = None  # the classification manifests hold image-level labels only
     labels = None
@@ -192,4 +211,5 @@ def load_evaluation_data(
         "bundle": bundle.name,
         "weights": str(weights),
     }
-    return EvaluationData(network=network, images=images, truth=truth, labels=labels, task=task, config=config)
+    return EvaluationData(network=network, images=images, truth=truth, labels=labels, task=task, config=config,
+                          label_map=label_map)

@@ -105,7 +105,7 @@ def evaluate_bundle(
         explainers = segmentation_explainers(methods, cfg["explainer_kwargs"], cfg["inferer"], cfg["explain_class"], cfg["pixels"])
         result = evaluate_segmentation(
             data.network, data.images, data.truth, explainers, cfg["explain_class"], cfg["inferer"],
-            curve_steps or 10, baseline, sanity_cases, sanity_stages, seed,
+            curve_steps or 10, baseline, sanity_cases, sanity_stages, seed, label_map=data.label_map,
         )
         explainer_settings = {"cam": cfg["explainer_kwargs"], "explain_class": cfg["explain_class"], "pixels": cfg["pixels"]}
     settings = {

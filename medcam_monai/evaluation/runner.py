@@ -15,6 +15,10 @@ Metrics (all from :mod:`medcam_monai.evaluation.metrics`), per case and method:
 - sanity (Adebayo et al. 2018): rank correlation with the map of a model whose top layers were
   re-initialised (a map that stays the same is not explaining the model);
 - seconds per case.
+
+And the model explained, on the same cases, so a reader can tell a bad explanation from a bad
+model: a classifier's accuracy against chance and its calibration (ECE, reliability bins); a
+segmentation network's per-class Dice and the share of voxels it predicts per class.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import torch
 from torch import nn
 
 from medcam_monai.evaluation import metrics as M
+from medcam_monai.evaluation.metrics.common import forward_logits
 from medcam_monai.explanation import MASK, Explanation
 from medcam_monai.hooks import frozen
 from medcam_monai.registry import CLASSIFICATION, SEGMENTATION, build_explainer, explainer_spec, methods_for
@@ -109,6 +114,9 @@ class EvaluationResult:
         labels, predictions: ``(N,)`` (classification) or None.
         sanity: ``method -> SanityCheckResult`` for the sanity cases, when run.
         info: facts about the run (model accuracy or Dice, timings).
+        calibration: the classifier's calibration on the cases, when labels are known.
+        chance: the classifier's accuracy against chance, when labels are known.
+        overlap: the segmentation network's per-class Dice and voxel shares.
     """
 
     task: str
@@ -123,6 +131,9 @@ class EvaluationResult:
     predictions: torch.Tensor | None = None
     sanity: dict[str, M.SanityCheckResult] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    calibration: M.Calibration | None = None
+    chance: M.ChanceTest | None = None
+    overlap: M.ClassOverlap | None = None
 
 
 def _localisation(values: dict, saliency: torch.Tensor, binary: torch.Tensor, truth: torch.Tensor | None) -> None:
@@ -177,7 +188,7 @@ def evaluate_classification(
         images: ``(N, C, *spatial)``.
         truth: ``(N, 1, *spatial)`` true evidence or None.
         explainers: ``name -> (model, x) -> Explanation`` (see :func:`classification_explainers`).
-        labels: ``(N,)`` true classes (for the model's accuracy in the report).
+        labels: ``(N,)`` true classes (for the model's accuracy and calibration in the report).
         curve_steps: deletion/insertion steps.
         baseline: what deleted pixels become (and the robustness background): a Med-CAM background name.
         area: a heatmap's binary mask covers this fraction when no mask method (Med-CAM) sets the area.
@@ -209,8 +220,9 @@ def evaluate_classification(
     masks = {m: torch.cat([e.map.as_tensor() if hasattr(e.map, "as_tensor") else e.map for e in es])[:, :1].float()
              for m, es in explanations.items() if es and es[0].kind == MASK}
     reference_area = M.area_fraction(next(iter(masks.values())))[:, 0] if masks else torch.full((n,), float(area))
-    with torch.no_grad():
-        predictions = torch.cat([model(images[i : i + batch_size]) for i in range(0, n, batch_size)]).argmax(1)
+    with frozen(model):
+        logits = forward_logits(model, images, batch_size)
+    predictions = logits.argmax(1)
     values, curves, binary = {}, {}, {}
     for name in explainers:
         b = masks.get(name, M.top_fraction_mask(saliency[name], reference_area, seed=seed))
@@ -230,16 +242,19 @@ def evaluate_classification(
         _localisation(v, saliency[name], b, truth)
         v["seconds"] = torch.tensor(seconds[name])
         values[name] = v
-    info: dict[str, Any] = {"cases": n}
+    info: dict[str, Any] = {"cases": n, "num_classes": int(logits.shape[1])}
+    calibration = chance = None
     if labels is not None:
-        info["accuracy"] = float((predictions.cpu() == labels.cpu()).float().mean())
+        calibration = M.calibration(logits.softmax(1), labels)
+        chance = M.chance_test(labels, predictions, logits.shape[1])
+        info["accuracy"] = chance.accuracy
     if truth is not None:
         info["cases_with_evidence"] = int((truth.flatten(1).amax(1) > 0.5).sum())
     sanity = _sanity(model, images[:sanity_cases], explainers, sanity_stages, seed) if sanity_cases else {}
     for name, s in sanity.items():
         values[name]["sanity_spearman"] = _pad(s.spearman[-1], n)
     return EvaluationResult("classification", list(explainers), values, curves, saliency, binary, images, truth,
-                       labels, predictions.cpu(), sanity, info)
+                            labels, predictions.cpu(), sanity, info, calibration=calibration, chance=chance)
 
 
 def _pad(v: torch.Tensor, n: int) -> torch.Tensor:
@@ -289,6 +304,7 @@ def evaluate_segmentation(
     sanity_cases: int = 0,
     sanity_stages: int = 3,
     seed: int = 0,
+    label_map: torch.Tensor | None = None,
 ) -> EvaluationResult:
     """Explain every case's class ``explain_class`` with every method and score the maps.
 
@@ -301,6 +317,8 @@ def evaluate_segmentation(
         inferer: the bundle's inferer (used for predictions and curves).
         curve_steps: deletion/insertion steps (each step is one full inference).
         baseline, sanity_cases, sanity_stages, seed: as :func:`evaluate_classification`.
+        label_map: ``(N, 1, *spatial)`` the true label map of every class, for the network's
+            per-class Dice (without it, Dice is of ``explain_class`` against ``truth`` only).
 
     Returns:
         A :class:`EvaluationResult`; ``values`` per case: ``dice`` (the model's, for the class),
@@ -310,11 +328,15 @@ def evaluate_segmentation(
     """
     n = images.shape[0]
     run = (lambda x: inferer(x, model)) if inferer is not None else model
-    saliency, seconds, preds = {m: [] for m in explainers}, {m: [] for m in explainers}, []
+    saliency, seconds = {m: [] for m in explainers}, {m: [] for m in explainers}
+    labels_pred, num_classes = [], 0
     with torch.no_grad(), frozen(model):
         for i in range(n):
-            preds.append(run(images[i : i + 1]).argmax(1, keepdim=True) == explain_class)
-    pred = torch.cat(preds).float()
+            out = run(images[i : i + 1])
+            num_classes = int(out.shape[1])
+            labels_pred.append(out.argmax(1, keepdim=True).cpu())
+    predicted = torch.cat(labels_pred)  # (N, 1, *spatial) label map
+    pred = (predicted == explain_class).float()
     for i in range(n):
         for name, explain in explainers.items():
             t = time.perf_counter()
@@ -327,11 +349,12 @@ def evaluate_segmentation(
     has_pred = pred.flatten(1).amax(1) > 0
     values, curves, binary = {}, {}, {}
     nan = torch.full((n,), float("nan"))
+    overlap = M.class_overlap(predicted, label_map, num_classes)
     dice = nan.clone()
-    if truth is not None:
-        inter = (pred * truth).flatten(1).sum(1)
-        total = pred.flatten(1).sum(1) + truth.flatten(1).sum(1)
-        dice = torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones(n))
+    if overlap.dice is not None:
+        dice = overlap.dice[:, explain_class]
+    elif truth is not None:  # the explained class against its region alone: a two-class overlap
+        dice = M.class_overlap(pred.long(), (truth > 0.5).long(), 2).dice[:, 1]
     for name in explainers:
         s = saliency[name]
         b = M.top_fraction_mask(s, M.area_fraction(pred)[:, 0], seed=seed)
@@ -354,14 +377,14 @@ def evaluate_segmentation(
         _localisation(v, s, b, truth)
         v["seconds"] = torch.tensor(seconds[name])
         values[name] = v
-    info = {"cases": n, "explain_class": explain_class, "cases_with_prediction": int(has_pred.sum())}
-    if truth is not None:
+    info = {"cases": n, "explain_class": explain_class, "num_classes": num_classes, "cases_with_prediction": int(has_pred.sum())}
+    if bool(dice.isfinite().any()):
         info["dice_median"] = float(dice.nanmedian())
     sanity = _sanity(model, images[:sanity_cases], explainers, sanity_stages, seed) if sanity_cases else {}
     for name, s in sanity.items():
         values[name]["sanity_spearman"] = _pad(s.spearman[-1], n)
     return EvaluationResult("segmentation", list(explainers), values, curves, saliency, binary, images, truth,
-                       None, None, sanity, info)
+                            None, None, sanity, info, overlap=overlap)
 
 
 def _stack_curves(curves: list[M.PerturbationCurve]) -> M.PerturbationCurve:

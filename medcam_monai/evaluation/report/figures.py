@@ -1,5 +1,6 @@
 """The report's figures: explanations over their images, deletion/insertion curves, confidence,
-per-case distributions and the sanity check, as PNGs a person can read without the JSON."""
+per-case distributions, the sanity check and the classifier's reliability, as PNGs a person can
+read without the JSON."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from medcam_monai.evaluation.report.tables import METRICS
 from medcam_monai.registry import display_name
 
-__all__ = ["plot_overlays", "plot_curves", "plot_confidence", "plot_distributions", "plot_sanity"]
+__all__ = ["plot_overlays", "plot_curves", "plot_confidence", "plot_distributions", "plot_sanity", "plot_reliability"]
 
 _COLOURS = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 # methods can coincide (Grad-CAM equals HiResCAM under global average pooling): line styles keep both visible
@@ -26,6 +27,14 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig, path: Path, top: float = 1.0) -> Path:
+    """Lay out (leaving ``1 - top`` of the height for a suptitle), write the PNG and free the figure."""
+    fig.tight_layout(rect=(0, 0, 1, top))
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
 
 
 def _display(a: np.ndarray) -> np.ndarray:
@@ -113,10 +122,7 @@ def plot_overlays(result, path: Path, max_cases: int = 6) -> Path:
             ax.set_xticks([])
             ax.set_yticks([])
     fig.suptitle("Explanations (white: the binary mask scored; cyan dashed: true evidence)", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # room for the suptitle
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, top=1 - 0.35 / fig.get_figheight())  # room for the suptitle
 
 
 def plot_curves(result, path: Path) -> Path:
@@ -147,10 +153,7 @@ def plot_curves(result, path: Path) -> Path:
             ax.legend(fontsize=8)
         else:  # no case had a defined curve (e.g. nothing predicted for the class)
             ax.text(0.5, 0.5, "no defined curve", ha="center", va="center", transform=ax.transAxes)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_confidence(result, path: Path) -> Path:
@@ -173,10 +176,7 @@ def plot_confidence(result, path: Path) -> Path:
     axes[0, 0].set_ylabel("p(predicted class)")
     axes[0, 0].legend(fontsize=8, loc="lower left")
     fig.suptitle("Confidence before and after masking (each method's mask at equal area)", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, top=0.95)
 
 
 def plot_distributions(result, path: Path) -> Path:
@@ -203,10 +203,7 @@ def plot_distributions(result, path: Path) -> Path:
         spec = METRICS[key]
         ax.set_title(f"{spec.label}\n({spec.better} is better)", fontsize=8)
         ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_sanity(result, path: Path) -> Path:
@@ -228,7 +225,49 @@ def plot_sanity(result, path: Path) -> Path:
     ax.set_title("Sanity check: cascading randomisation (lower = depends on the weights)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+def plot_reliability(calibration, path: Path) -> Path:
+    """Reliability diagram of a classifier on the cases explained: accuracy per confidence bin against
+    the diagonal of perfect calibration (the gap shaded), cases per bin written on each bar, and the
+    ECE and mean confidence in the title; beside it, how many cases fall in each bin.
+
+    Args:
+        calibration: a :class:`~medcam_monai.evaluation.metrics.Calibration`.
+        path: the PNG to write.
+    """
+    plt = _plt()
+    edges = calibration.edges.numpy()
+    width = np.diff(edges)
+    left = edges[:-1]
+    counts = calibration.counts.numpy()
+    filled = counts > 0
+    acc = np.nan_to_num(calibration.bin_accuracy.numpy())
+    conf = np.nan_to_num(calibration.confidence.numpy())
+    fig, (ax, hist) = plt.subplots(1, 2, figsize=(10, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    ax.plot([0, 1], [0, 1], color="black", ls="--", lw=1, label="perfect calibration")
+    ax.bar(left[filled], acc[filled], width=width[filled], align="edge", color="#1f77b4", edgecolor="black",
+           label="accuracy in the bin")
+    # the gap between what the model claims (its mean confidence in the bin) and how often it is right
+    ax.bar(left[filled], conf[filled] - acc[filled], bottom=acc[filled], width=width[filled], align="edge",
+           color="#d62728", alpha=0.35, hatch="//", edgecolor="#d62728", label="gap to mean confidence")
+    for x0, w, a, c, n in zip(left[filled], width[filled], acc[filled], conf[filled], counts[filled]):
+        ax.text(x0 + w / 2, max(a, c) + 0.02, f"n={int(n)}", ha="center", va="bottom", fontsize=8,
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.1)
+    ax.set_xlabel("confidence (top-class probability)")
+    ax.set_ylabel("accuracy (fraction right)")
+    ax.set_title(f"Reliability on {int(counts.sum())} cases: ECE {calibration.ece:.2f}, accuracy {calibration.accuracy:.0%}, "
+                 f"mean confidence {calibration.mean_confidence:.2f}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    hist.bar(left, counts, width=width, align="edge", color="grey", edgecolor="black")
+    hist.set_xlim(0, 1)
+    hist.set_xlabel("confidence (top-class probability)")
+    hist.set_ylabel("cases")
+    hist.yaxis.get_major_locator().set_params(integer=True)
+    hist.set_title(f"Cases per bin ({calibration.bins} equal-width bins)", fontsize=9)
+    hist.grid(alpha=0.3, axis="y")
+    return _save(fig, path)

@@ -2,10 +2,13 @@
 
 :func:`write_report` turns an :class:`~medcam_monai.evaluation.runner.EvaluationResult` into a folder::
 
-    report.md        the table (median [interquartile range] per method; rates as % (hits/n)),
-                     the model's own accuracy, and links to the figures
-    figures/         overlays.png, curves.png, distributions.png, confidence.png (classification),
-                     sanity.png (when the randomisation check ran)
+    report.md        the model explained on these cases first (a classifier's accuracy against
+                     chance and its calibration, with a reliability table; a segmentation network's
+                     per-class Dice and voxel shares; a plain warning when it has not learned),
+                     then the table (median [interquartile range] per method; rates as % (hits/n))
+                     and links to the figures
+    figures/         overlays.png, curves.png, distributions.png, confidence.png and reliability.png
+                     (classification), sanity.png (when the randomisation check ran)
     results.json     every per-case value, the summaries, the curves
     cases.csv        one row per case and method
     settings.json    the run's settings (bundle, data, explainers, versions)
@@ -25,9 +28,11 @@ from medcam_monai.evaluation.report.figures import (
     plot_curves,
     plot_distributions,
     plot_overlays,
+    plot_reliability,
     plot_sanity,
 )
-from medcam_monai.evaluation.report.tables import markdown_table, summaries, summarise
+from medcam_monai.evaluation.report.model_quality import model_lines
+from medcam_monai.evaluation.report.tables import markdown_table, summaries
 from medcam_monai.explanation import to_json_value
 
 __all__ = ["write_report"]
@@ -40,12 +45,6 @@ def _info_lines(result, settings: dict) -> list[str]:
         f"({settings.get('data')}), split `{settings.get('split')}`, {info.get('cases')} cases, "
         f"input size {settings.get('image_size')}",
     ]
-    if "accuracy" in info:
-        lines.append(f"- the classifier's accuracy on these cases: {info['accuracy']:.0%}; "
-                     f"median p(predicted class | image) {summarise(result.values[result.methods[0]]['prob_x'])['median']:.2f}")
-    if "dice_median" in info:
-        lines.append(f"- the network's median Dice for class {info['explain_class']} on these cases: {info['dice_median']:.2f}; "
-                     f"cases with predicted pixels of the class: {info['cases_with_prediction']}/{info['cases']}")
     if result.truth is None:
         lines.append("- no ground-truth regions for these cases: localisation metrics are n/a")
     elif "cases_with_evidence" in info:
@@ -91,6 +90,8 @@ def write_report(result, folder: str | os.PathLike, settings: dict[str, Any]) ->
                plot_distributions(result, figures_dir / "distributions.png")]
     if result.task == "classification" and all("prob_e" in result.values[m] for m in result.methods):
         figures.append(plot_confidence(result, figures_dir / "confidence.png"))
+    if result.calibration is not None:
+        figures.append(plot_reliability(result.calibration, figures_dir / "reliability.png"))
     if result.sanity:
         figures.append(plot_sanity(result, figures_dir / "sanity.png"))
 
@@ -101,11 +102,18 @@ def write_report(result, folder: str | os.PathLike, settings: dict[str, Any]) ->
         "distributions.png": "Per-case distributions",
         "confidence.png": "Confidence before and after masking",
         "sanity.png": "Sanity check (cascading model randomisation)",
+        "reliability.png": "Reliability of the classifier's confidence on these cases",
     }
     body = [
         f"# Explainer benchmark: {settings.get('bundle')}",
         "",
         *_info_lines(result, settings),
+        "",
+        "## The model explained",
+        "",
+        *model_lines(result),
+        "",
+        "## The explanations",
         "",
         table,
         "",
@@ -128,6 +136,7 @@ def write_report(result, folder: str | os.PathLike, settings: dict[str, Any]) ->
         "curves": {m: {mode: {"fractions": c.fractions, "scores": c.scores, "auc": c.auc} for mode, c in cs.items()}
                    for m, cs in result.curves.items()},
         "sanity": {m: s.to_dict() for m, s in result.sanity.items()},
+        "model": {k: getattr(result, k).to_dict() for k in ("calibration", "chance", "overlap") if getattr(result, k) is not None},
     }
     results_path = out / "results.json"
     results_path.write_text(json.dumps(to_json_value(results), indent=1))
