@@ -241,6 +241,31 @@ def test_standin_truth_matches_the_files_the_bundle_read(tmp_path):
     assert standin_truth("idrid_grading", images.flip(-1), "test", 3, 32) is None  # not the same pixels: no truth
 
 
+def test_label_maps_of_standin_and_real_segmentation_cases(tmp_path):
+    """The per-class Dice is computed against the whole label map, in the axis order the bundle read."""
+    import nibabel as nib
+
+    from medcam_monai.data.standins import SPLIT_SEEDS, STANDINS
+    from medcam_monai.evaluation.data import _load_label_map, standin_label_map
+
+    batch = STANDINS["kits23"].make(2, 16, SPLIT_SEEDS["test"])
+    assert torch.equal(standin_label_map("kits23", batch.images, "test", 2, 16), batch.labels.long())
+    swapped = batch.images.transpose(2, 4)  # a reader that swapped two axes: the labels follow
+    assert torch.equal(standin_label_map("kits23", swapped, "test", 2, 16), batch.labels.long().transpose(2, 4))
+    assert standin_label_map("kits23", batch.images.flip(-1), "test", 2, 16) is None  # not these pixels: no labels
+    assert set(batch.labels.unique().tolist()) >= {0, 1, 2}
+    # a real case's label file (RAS NIfTI), read on the image's grid
+    labels = np.zeros((6, 6, 4), dtype=np.uint8)
+    labels[1:3, 2:4, 1:3] = 2
+    labels[4, 4, 0] = 1
+    path = tmp_path / "case_label.nii.gz"
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), str(path))
+    read = _load_label_map({"label": str(path)}, torch.zeros(1, 6, 6, 4))
+    assert read.dtype == torch.long and torch.equal(read[0], torch.from_numpy(labels).long())
+    assert _load_label_map({"label": str(path)}, torch.zeros(1, 8, 8, 4)).shape == (1, 8, 8, 4)  # padded to the ROI
+    assert _load_label_map({}, torch.zeros(1, 6, 6, 4)) is None
+
+
 def test_evaluate_command_segmentation_bundle(tmp_path):
     """A segmentation bundle is evaluated with Seg-HiRes-Grad CAM against Seg-Grad CAM, through its inferer."""
     out = tmp_path / "report"
