@@ -130,8 +130,12 @@ def test_report_says_plainly_when_the_segmenter_has_not_learned():
     lines = "\n".join(segmentation_lines(overlap, 2, 0, float(overlap.dice[:, 2].median())))
     assert "segments class 2 poorly (median Dice 0.00" in lines
     assert "predicts no voxel of class 2 on most cases (0/3 with any)" in lines
-    assert "at least 99% of every case's voxels to class 0: it has not learned to segment" in lines
+    assert "predicts class 0 on every voxel of every case: it has not learned to segment" in lines
     assert segmentation_lines(metrics.class_overlap(truth, truth, 3), 2, 3, 1.0) == []
+    # a network that is right where background fills 99% of the voxels gets no warning
+    mostly_background = torch.zeros(2, 1, 10, 10, 10, dtype=torch.long)
+    mostly_background[:, :, 4:6, 4:6, 4:6] = 2
+    assert segmentation_lines(metrics.class_overlap(mostly_background, mostly_background, 3), 2, 2, 1.0) == []
 
 
 def test_summary_cells():

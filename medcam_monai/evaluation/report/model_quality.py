@@ -16,8 +16,6 @@ __all__ = ["model_lines", "classifier_lines", "segmentation_lines", "reliability
 
 # below this Dice a class is not segmented well enough for its explanation to be read as the network's reasoning
 POOR_DICE = 0.5
-# a class holding this share of every case's voxels: the network answers one class everywhere
-ONE_CLASS_SHARE = 0.99
 # ECE above this, with confidence above accuracy: the probabilities on the figures overstate the model
 OVERCONFIDENT_ECE = 0.2
 
@@ -92,11 +90,12 @@ def segmentation_lines(
     if cases_with_prediction < n / 2:
         lines.append(f"- **Warning: the network predicts no voxel of class {explain_class} on most cases "
                      f"({cases_with_prediction}/{n} with any): there is little to explain.**")
-    dominant = overlap.predicted_fraction.min(0).values
+    # background alone can hold 99% of a CT's voxels, so only a network that answers one class on every
+    # voxel is flagged here; a class it misses shows in its Dice
     for c in range(overlap.num_classes):
-        if float(dominant[c]) >= ONE_CLASS_SHARE:
-            lines.append(f"- **Warning: the network gives at least {ONE_CLASS_SHARE:.0%} of every case's voxels to class {c}: "
-                         f"it has not learned to segment.**")
+        if bool((overlap.predicted_fraction[:, c] == 1).all()):
+            lines.append(f"- **Warning: the network predicts class {c} on every voxel of every case: it has not learned "
+                         f"to segment.**")
     return lines
 
 
