@@ -18,7 +18,7 @@ import pydicom
 from medcam_monai.explanation import Explanation
 from medcam_monai.io.codes import MANUFACTURER, software_version
 from medcam_monai.io.dicom_headers import check_uid, fill_missing_identity
-from medcam_monai.io.dicom_series import LPS_TO_RAS, load_source_headers
+from medcam_monai.io.dicom_series import load_source_headers
 from medcam_monai.io.errors import MissingGeometryError
 from medcam_monai.io.reference import DicomSeriesReference, SourceReference
 from medcam_monai.io.writer import PreparedCase, Writer
@@ -73,7 +73,14 @@ def source_geometry(reference: DicomSeriesReference, headers: list[pydicom.Datas
     if len(headers) == 1:
         spacing, ordered = first.get("SpacingBetweenSlices", 1.0), headers
     else:
-        spacing, positions = hd.spatial.get_series_volume_positions(headers)
+        # get_series_volume_positions without its per-dataset multi-frame check (~ms each, by IOD
+        # table lookup): these are single-frame images, so its own steps are called directly
+        orientation = first.ImageOrientationPatient
+        spacing, positions = None, None
+        if all(ds.ImageOrientationPatient == orientation for ds in headers):
+            spacing, positions = hd.spatial.get_volume_positions(
+                image_positions=[ds.ImagePositionPatient for ds in headers], image_orientation=orientation
+            )
         if spacing is None:
             raise MissingGeometryError(f"highdicom finds no regularly spaced volume in {where}; its slices cannot be matched.")
         ordered = [headers[positions.index(i)] for i in range(len(headers))]
@@ -109,10 +116,8 @@ def place_on_source(
 
     For an evenly spaced series or a multi-frame image the map becomes a highdicom Volume matched,
     with ``match_geometry``, to the geometry highdicom itself derives from the source headers: the
-    source's own geometry, not ours, decides where each frame goes. Frames are then ordered
-    ascending along the slice normal (highdicom's own convention descends for some series), because
-    dcmqi's readers (3D Slicer's) stack frames in file order from the lowest position. A series
-    loaded with irregular spacing is no volume to highdicom; there each frame is handed in the order
+    source's own geometry, not ours, decides where each frame goes. A series loaded with irregular
+    spacing is no volume to highdicom; there each frame is handed in the order
     of the source instances, which highdicom pairs pixel-for-pixel with them.
 
     Returns:
@@ -122,23 +127,23 @@ def place_on_source(
         return source_ordered_frames(values, ref)
     geometry = source_geometry(ref, headers)
     K = values.shape[0]
+    # match_geometry returns a transposed view; highdicom reads it frame by frame, which on a view
+    # strides through the whole volume for every frame (seconds for a CT): one copy makes frames contiguous
     channels = [
-        hd.Volume.from_nibabel(nib.Nifti1Image(values[k], ref.affine_array), frame_of_reference_uid=ref.frame_of_reference_uid)
-        .match_geometry(geometry, tol=_MATCH_TOL)
-        .array
+        np.ascontiguousarray(
+            hd.Volume.from_nibabel(nib.Nifti1Image(values[k], ref.affine_array), frame_of_reference_uid=ref.frame_of_reference_uid)
+            .match_geometry(geometry, tol=_MATCH_TOL)
+            .array
+        )
         for k in range(K)
     ]
-    volume = hd.Volume(
-        array=channels[0][..., None] if K == 1 else np.stack(channels, axis=-1),  # K == 1: a view, no copy
+    return hd.Volume(
+        array=channels[0][..., None] if K == 1 else np.stack(channels, axis=-1),  # K == 1: a view, no second copy
         affine=geometry.affine,
         coordinate_system=geometry.coordinate_system,
         frame_of_reference_uid=ref.frame_of_reference_uid,
         channels={"SegmentNumber": list(range(1, K + 1))},
     )
-    ascending = (LPS_TO_RAS @ ref.affine_array)[:3, 2]  # the reference's slice axis runs up the normal (LPS)
-    if float(geometry.affine[:3, 0] @ ascending) < 0:
-        volume = volume.flip_spatial(0)
-    return volume
 
 
 class DicomWriter(Writer):

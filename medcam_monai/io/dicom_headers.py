@@ -8,11 +8,13 @@ patient and study from these headers. Imports pydicom and numpy only (no torch).
 
 from __future__ import annotations
 
+import contextvars
 import os
 import re
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -31,6 +33,7 @@ __all__ = [
     "Member",
     "fmt_files",
     "read_header",
+    "header_cache",
     "is_image",
     "folder_files",
     "image_series",
@@ -70,12 +73,44 @@ def fmt_files(files: Sequence[str], n: int = 4) -> str:
     return shown + (f" and {len(files) - n} more" if len(files) > n else "")
 
 
+_CACHE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("medcam_dicom_headers", default=None)
+
+
+@contextmanager
+def header_cache() -> Iterator[None]:
+    """Within the block, each file's header is parsed once (keyed by path, size and modification
+    time), however often it is asked for: a writer given a stock-loaded image reads the series
+    headers to find the source and again to copy them, in one call. Nested blocks share the cache."""
+    if _CACHE.get() is not None:
+        yield
+        return
+    token = _CACHE.set({})
+    try:
+        yield
+    finally:
+        _CACHE.reset(token)
+
+
 def read_header(path: str) -> pydicom.Dataset:
     """The header of a DICOM file, without its pixel data.
 
     Raises:
         UnreadableImageError: the file is not DICOM or is truncated (named, with the fix).
     """
+    cache = _CACHE.get()
+    if cache is None:
+        return _read_header(path)
+    try:
+        st = os.stat(path)
+        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    except OSError:
+        return _read_header(path)
+    if key not in cache:
+        cache[key] = _read_header(path)
+    return cache[key]
+
+
+def _read_header(path: str) -> pydicom.Dataset:
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
     except InvalidDicomError as e:

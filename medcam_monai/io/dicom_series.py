@@ -127,10 +127,13 @@ def _read_source(file: str, uid: str, *, pixels: bool) -> pydicom.Dataset:
     """Read one source file of a reference, checking it still holds the instance it referenced."""
     if not Path(file).is_file():
         raise UnreadableImageError(f"Source file {file} no longer exists; the writer needs the source DICOM to reference it.")
-    try:
-        ds = pydicom.dcmread(file, stop_before_pixels=not pixels)
-    except Exception as e:
-        raise UnreadableImageError(f"{file} cannot be read ({type(e).__name__}: {e}); it may be truncated.") from None
+    if not pixels:
+        ds = read_header(file)
+    else:
+        try:
+            ds = pydicom.dcmread(file)
+        except Exception as e:
+            raise UnreadableImageError(f"{file} cannot be read ({type(e).__name__}: {e}); it may be truncated.") from None
     if str(ds.get("SOPInstanceUID", "")) != uid:
         raise UnreadableImageError(f"Source file {file} now holds SOP Instance {ds.get('SOPInstanceUID')}, not {uid}: it changed since loading.")
     return ds

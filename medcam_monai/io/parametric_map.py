@@ -21,14 +21,13 @@ __all__ = ["ParametricMapWriter", "write_parametric_map"]
 
 
 def _frames_ascending(pm: hd.pm.ParametricMap) -> None:
-    """Reorder frames ascending along the slice normal, in place, if they are not.
+    """Reorder frames ascending along the slice normal, in place.
 
     dcmqi's ``paramap2itkimage`` (3D Slicer's reader) takes the lowest position as origin but stacks
-    frames in file order, so it loads a descending map mirrored. ``place_on_source`` already hands
-    highdicom ascending volumes (then this only checks, without copying); this guard keeps any other
-    frame order highdicom may choose from reaching Slicer mirrored. Frame order carries no meaning
-    in DICOM (each frame has its position), so sorting is safe for every other reader. Done by hand
-    because highdicom has no option for it.
+    frames in file order, so it loads a descending map mirrored; highdicom sorts frames along its own
+    normal, which descends for the usual axial orientation. Frame order carries no meaning in DICOM
+    (each frame has its position), so sorting is safe for every other reader. Done by hand because
+    highdicom has no option for it.
     """
     items = list(pm.PerFrameFunctionalGroupsSequence)
     shared = pm.SharedFunctionalGroupsSequence[0]
@@ -42,7 +41,7 @@ def _frames_ascending(pm: hd.pm.ParametricMap) -> None:
         return
     keyword = "FloatPixelData" if "FloatPixelData" in pm else "DoubleFloatPixelData" if "DoubleFloatPixelData" in pm else "PixelData"
     frames = np.frombuffer(pm[keyword].value, np.uint8).reshape(len(items), -1)
-    pm[keyword].value = frames[order].tobytes()
+    pm[keyword].value = b"".join(frames[i].data for i in order)  # one new buffer, no intermediate array
     pointers = [int(d.DimensionIndexPointer) for d in pm.DimensionIndexSequence]
     position_dim = pointers.index(0x00200032) if 0x00200032 in pointers else None
     pm.PerFrameFunctionalGroupsSequence = [items[i] for i in order]
@@ -120,6 +119,7 @@ class ParametricMapWriter(DicomWriter):
                 content_description=label,
             ),
         )
+        del volume, pixels, values  # the frames now live in pm: drop the arrays before reordering them
         _frames_ascending(pm)
         anatomy = Dataset()
         anatomy.AnatomicRegionSequence = [hd.sr.CodedConcept.from_code(anatomic_region)]

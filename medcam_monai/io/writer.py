@@ -32,6 +32,7 @@ import numpy as np
 from medcam_monai.explanation import HEATMAP, MASK, Explanation
 from medcam_monai.io.atomic import atomic_path
 from medcam_monai.io.codes import default_color
+from medcam_monai.io.dicom_headers import header_cache
 from medcam_monai.io.geometry import map_on_source, normalize_unit, select_case
 from medcam_monai.io.reference import SourceReference, as_source_reference
 
@@ -210,11 +211,12 @@ class Writer:
         except TypeError as e:
             accepted = [p for p in inspect.signature(self.write).parameters if p not in ("case", "path")]
             raise TypeError(f"{self.function}: {e}; its options are {accepted}.") from None
-        reference = as_source_reference(source)
-        one = select_case(explanation, case)
-        self._refuse(reference, one, Path(path))
-        self.check_options(one, reference, **options)
-        prepared = self.prepare(one, reference)
-        with atomic_path(path) as tmp:
-            self.write(prepared, tmp, **options)
+        with header_cache():  # a DICOM source's headers are parsed once per call
+            reference = as_source_reference(source)
+            one = select_case(explanation, case)
+            self._refuse(reference, one, Path(path))
+            self.check_options(one, reference, **options)
+            prepared = self.prepare(one, reference)
+            with atomic_path(path) as tmp:
+                self.write(prepared, tmp, **options)
         return Path(path)
