@@ -3,6 +3,7 @@ any work, DICOM writers that read headers only and take the UIDs to use, geometr
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import highdicom as hd
@@ -34,6 +35,10 @@ def test_each_writer_declares_what_it_accepts():
     assert list(WRITERS) == ["nifti", "dicom_seg", "parametric_map", "slicer_seg", "png", "wsi", "geojson"]
     assert WRITER_SUFFIXES == {name: w.suffix for name, w in WRITERS.items()}
     assert all(isinstance(w, Writer) and w.name == name for name, w in WRITERS.items())
+    # each public write_* function is its writer, with the format's options in its signature
+    assert WRITERS["nifti"] is mio.write_nifti and mio.write_nifti.__name__ == "write_nifti"
+    assert list(inspect.signature(mio.write_nifti).parameters) == ["explanation", "source", "path", "case", "channel"]
+    assert "series_instance_uid" in inspect.signature(mio.write_parametric_map).parameters
     assert writers_for("dicom", 3, "mask") == ["nifti", "dicom_seg", "parametric_map", "slicer_seg", "png"]
     assert writers_for("image", 3, "heatmap") == ["nifti", "slicer_seg", "png"]
     assert writers_for("image", 2, "heatmap") == ["nifti", "png", "geojson"]
@@ -44,7 +49,7 @@ def test_each_writer_declares_what_it_accepts():
 def test_writer_table_and_classes_are_validated():
     nifti = WRITERS["nifti"]
     with pytest.raises(TypeError, match="Writer objects"):
-        writer_table([nifti, mio.write_nifti])
+        writer_table([nifti, lambda explanation, source, path: path])
     with pytest.raises(ValueError, match="Two writers are named 'nifti'"):
         writer_table([nifti, type(nifti)()])
     with pytest.raises(TypeError, match="must set 'suffix'"):

@@ -28,7 +28,32 @@ def _seg_type(kind: str, segmentation_type: str | None) -> str:
 
 
 class DicomSegWriter(DicomWriter):
-    """Writes one case as a DICOM Segmentation referencing every source slice (see :func:`write_dicom_seg`)."""
+    """Write one case as a DICOM Segmentation that references every source slice.
+
+    Masks give one segment per map channel. A heatmap is min-max scaled to ``[0, 1]`` per channel
+    and written FRACTIONAL (PROBABILITY, 8 bits) or, with ``segmentation_type="BINARY"``,
+    thresholded at ``threshold`` of that scale. For exact heatmap values use
+    :func:`write_parametric_map`. Only the source headers are read; patient and study are copied
+    from them (absent type 2 attributes are written empty, with a warning).
+
+    Args:
+        explanation: the Explanation (its ``map`` is ``(B, K, *spatial)``).
+        source: the DICOM source: a :class:`DicomSeriesReference` (or its JSON), or the image as
+            loaded by ``LoadDicomd`` or by MONAI's ``LoadImaged`` on the series (its meta names the files).
+        path: output ``.dcm`` file; written atomically.
+        case: which case of the batch to write.
+        segmentation_type: ``"BINARY"`` (default for masks), ``"FRACTIONAL"`` (default for heatmaps)
+            or ``"LABELMAP"`` (masks whose channels never overlap: one frame per slice, smaller).
+        threshold: binarisation level, in ``[0, 1]`` of the scaled heatmap, for BINARY/LABELMAP heatmaps.
+        labels: class names indexed by target class, used in segment labels.
+        colors: display colour (RGB 0-255) per channel; defaults to a fixed palette.
+        series_number, series_description: of the new series.
+        series_instance_uid, sop_instance_uid: the UIDs of the new series and instance (valid DICOM
+            UIDs, not the source's); None generates them.
+
+    Returns:
+        The path written.
+    """
 
     name = "dicom_seg"
     function = "write_dicom_seg"
@@ -102,52 +127,4 @@ class DicomSegWriter(DicomWriter):
         seg.save_as(path)
 
 
-DICOM_SEG = DicomSegWriter()
-
-
-def write_dicom_seg(
-    explanation: Explanation,
-    source: object,
-    path: str | os.PathLike,
-    *,
-    case: int = 0,
-    segmentation_type: str | None = None,
-    threshold: float = 0.5,
-    labels: Sequence[str] | Mapping[int, str] | None = None,
-    colors: Sequence[Sequence[int]] | None = None,
-    series_number: int = 901,
-    series_description: str | None = None,
-    series_instance_uid: str | None = None,
-    sop_instance_uid: str | None = None,
-) -> Path:
-    """Write one case as a DICOM Segmentation that references every source slice.
-
-    Masks give one segment per map channel. A heatmap is min-max scaled to ``[0, 1]`` per channel
-    and written FRACTIONAL (PROBABILITY, 8 bits) or, with ``segmentation_type="BINARY"``,
-    thresholded at ``threshold`` of that scale. For exact heatmap values use
-    :func:`write_parametric_map`. Only the source headers are read; patient and study are copied
-    from them (absent type 2 attributes are written empty, with a warning).
-
-    Args:
-        explanation: the Explanation (its ``map`` is ``(B, K, *spatial)``).
-        source: the DICOM source: a :class:`DicomSeriesReference` (or its JSON), or the image as
-            loaded by ``LoadDicomd`` or by MONAI's ``LoadImaged`` on the series (its meta names the files).
-        path: output ``.dcm`` file; written atomically.
-        case: which case of the batch to write.
-        segmentation_type: ``"BINARY"`` (default for masks), ``"FRACTIONAL"`` (default for heatmaps)
-            or ``"LABELMAP"`` (masks whose channels never overlap: one frame per slice, smaller).
-        threshold: binarisation level, in ``[0, 1]`` of the scaled heatmap, for BINARY/LABELMAP heatmaps.
-        labels: class names indexed by target class, used in segment labels.
-        colors: display colour (RGB 0-255) per channel; defaults to a fixed palette.
-        series_number, series_description: of the new series.
-        series_instance_uid, sop_instance_uid: the UIDs of the new series and instance (valid DICOM
-            UIDs, not the source's); None generates them.
-
-    Returns:
-        The path written.
-    """
-    return DICOM_SEG(
-        explanation, source, path, case=case, segmentation_type=segmentation_type, threshold=threshold, labels=labels,
-        colors=colors, series_number=series_number, series_description=series_description,
-        series_instance_uid=series_instance_uid, sop_instance_uid=sop_instance_uid,
-    )
+write_dicom_seg = DicomSegWriter()

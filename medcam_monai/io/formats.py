@@ -22,6 +22,7 @@ __all__ = [
     "is_dicom_file",
     "is_whole_slide",
     "is_scan_leftover",
+    "suffix_kind",
     "input_kind",
     "input_cases",
     "case_id",
@@ -69,6 +70,12 @@ def _suffix(name: str) -> str | None:
     return next((s for s in sorted(SUFFIXES, key=len, reverse=True) if lower.endswith(s)), None)
 
 
+def suffix_kind(name: str) -> str | None:
+    """The kind :data:`SUFFIXES` gives ``name``'s suffix (``"tiff"`` for .tif/.tiff), or None."""
+    suffix = _suffix(name)
+    return None if suffix is None else SUFFIXES[suffix]
+
+
 def is_scan_leftover(name: str) -> bool:
     """Whether a folder scan skips the file ``name``: hidden files (``.*``, macOS ``._*``) and partial
     files left by a killed run (``*.part``, ``*.part.<suffix>``)."""
@@ -105,9 +112,8 @@ def input_kind(path: str | os.PathLike) -> str | None:
     path = Path(path)
     if path.is_dir():
         return "dicom" if any(is_dicom_file(p) for p in path.iterdir() if p.is_file() and not is_scan_leftover(p.name)) else None
-    suffix = _suffix(path.name)
-    if suffix is not None:
-        kind = SUFFIXES[suffix]
+    kind = suffix_kind(path.name)
+    if kind is not None:
         if kind == "tiff":
             return "wsi" if is_whole_slide(path) else "2d"
         return kind

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 from skimage import measure
 
-from medcam_monai.explanation import Explanation
 from medcam_monai.io.reference import WSIReference
-from medcam_monai.io.writer import PreparedCase, Writer
+from medcam_monai.io.writer import PreparedCase, SegmentWriter
 
 __all__ = ["GeoJsonWriter", "write_geojson", "mask_polygons"]
 
@@ -59,64 +56,7 @@ def mask_polygons(mask: np.ndarray) -> list[list[np.ndarray]]:
     return polygons
 
 
-class GeoJsonWriter(Writer):
-    """Writes mask contours as QuPath GeoJSON annotations (see :func:`write_geojson`)."""
-
-    name = "geojson"
-    function = "write_geojson"
-    suffix = ".geojson"
-    sources = ("wsi", "image")
-    spatial_dims = (2,)
-
-    def write(
-        self,
-        case: PreparedCase,
-        path: Path,
-        *,
-        threshold: float = 0.5,
-        labels: Sequence[str] | Mapping[int, str] | None = None,
-        colors: Sequence[Sequence[int]] | None = None,
-    ) -> None:
-        ref = case.reference
-        masks = case.masks(threshold)
-        if isinstance(ref, WSIReference):
-            scale, (oy, ox) = ref.downsample, ref.location
-            to_rc = lambda m: m  # noqa: E731  whole-slide regions are (row, column)
-        else:
-            scale, oy, ox = 1.0, 0, 0
-            to_rc = lambda m: m.T  # noqa: E731  MONAI loads 2D files as (x, y)
-        features = []
-        for k, (name, rgb, target) in enumerate(zip(case.labels(labels), case.colors(colors), case.targets)):
-            for poly in mask_polygons(to_rc(masks[k])):
-                rings = [[[float(ox + scale * x), float(oy + scale * y)] for x, y in ring] for ring in poly]
-                rings = [r + [r[0]] if r[0] != r[-1] else r for r in rings]
-                features.append({
-                    "type": "Feature",
-                    "geometry": {"type": "Polygon", "coordinates": rings},
-                    "properties": {
-                        "objectType": "annotation",
-                        "name": name,
-                        "classification": {"name": name, "color": list(rgb)},
-                        "measurements": {"target": target},
-                        "method": case.method,
-                    },
-                })
-        path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-
-
-GEOJSON = GeoJsonWriter()
-
-
-def write_geojson(
-    explanation: Explanation,
-    source: object,
-    path: str | os.PathLike,
-    *,
-    case: int = 0,
-    threshold: float = 0.5,
-    labels: Sequence[str] | Mapping[int, str] | None = None,
-    colors: Sequence[Sequence[int]] | None = None,
-) -> Path:
+class GeoJsonWriter(SegmentWriter):
     """Write mask contours as a GeoJSON FeatureCollection that QuPath imports as annotations.
 
     One Feature (Polygon with holes) per connected component per map channel, coordinates in
@@ -137,4 +77,38 @@ def write_geojson(
     Returns:
         The path written.
     """
-    return GEOJSON(explanation, source, path, case=case, threshold=threshold, labels=labels, colors=colors)
+
+    name = "geojson"
+    function = "write_geojson"
+    suffix = ".geojson"
+    sources = ("wsi", "image")
+    spatial_dims = (2,)
+
+    def write_segments(self, case: PreparedCase, masks: np.ndarray, labels: list[str], colors: list[tuple[int, int, int]], path: Path) -> None:
+        ref = case.reference
+        if isinstance(ref, WSIReference):
+            scale, (oy, ox) = ref.downsample, ref.location
+            to_rc = lambda m: m  # noqa: E731  whole-slide regions are (row, column)
+        else:
+            scale, oy, ox = 1.0, 0, 0
+            to_rc = lambda m: m.T  # noqa: E731  MONAI loads 2D files as (x, y)
+        features = []
+        for k, (name, rgb, target) in enumerate(zip(labels, colors, case.targets)):
+            for poly in mask_polygons(to_rc(masks[k])):
+                rings = [[[float(ox + scale * x), float(oy + scale * y)] for x, y in ring] for ring in poly]
+                rings = [r + [r[0]] if r[0] != r[-1] else r for r in rings]
+                features.append({
+                    "type": "Feature",
+                    "geometry": {"type": "Polygon", "coordinates": rings},
+                    "properties": {
+                        "objectType": "annotation",
+                        "name": name,
+                        "classification": {"name": name, "color": list(rgb)},
+                        "measurements": {"target": target},
+                        "method": case.method,
+                    },
+                })
+        path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+
+
+write_geojson = GeoJsonWriter()

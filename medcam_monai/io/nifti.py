@@ -23,36 +23,6 @@ def _affine_4x4(affine: np.ndarray) -> np.ndarray:
 
 
 class NiftiWriter(Writer):
-    """Writes one case as NIfTI on the source grid (see :func:`write_nifti`)."""
-
-    name = "nifti"
-    function = "write_nifti"
-    suffix = ".nii.gz"
-    endings = (".nii", ".nii.gz")
-
-    def write(self, case: PreparedCase, path: Path, *, channel: int | None = None) -> None:
-        values = case.values if channel is None else case.values[[check_channel(channel, case.channels)]]
-        data = values[0] if values.shape[0] == 1 else np.moveaxis(values, 0, -1)
-        data = (data >= 0.5).astype(np.uint8) if case.kind == MASK else data.astype(np.float32, copy=False)
-        affine = _affine_4x4(case.reference.affine_array)
-        image = nib.Nifti1Image(data, affine)
-        image.set_sform(affine, code="scanner")
-        image.set_qform(affine, code="scanner")
-        image.header["descrip"] = f"{case.method} {case.kind}"[:79].encode()
-        nib.save(image, path)
-
-
-NIFTI = NiftiWriter()
-
-
-def write_nifti(
-    explanation: Explanation,
-    source: object,
-    path: str | os.PathLike,
-    *,
-    case: int = 0,
-    channel: int | None = None,
-) -> Path:
     """Write one case as NIfTI on the source image's grid, so it overlays the source in any viewer.
 
     A mask is stored as uint8 ``{0, 1}``, a heatmap as float32 with its values unchanged (NaN -> 0,
@@ -72,4 +42,22 @@ def write_nifti(
     Returns:
         The path written.
     """
-    return NIFTI(explanation, source, path, case=case, channel=channel)
+
+    name = "nifti"
+    function = "write_nifti"
+    suffix = ".nii.gz"
+    endings = (".nii", ".nii.gz")
+
+    def write(self, case: PreparedCase, path: Path, *, channel: int | None = None) -> None:
+        values = case.values if channel is None else case.values[[check_channel(channel, case.channels)]]
+        data = values[0] if values.shape[0] == 1 else np.moveaxis(values, 0, -1)
+        data = (data >= 0.5).astype(np.uint8) if case.kind == MASK else data.astype(np.float32, copy=False)
+        affine = _affine_4x4(case.reference.affine_array)
+        image = nib.Nifti1Image(data, affine)
+        image.set_sform(affine, code="scanner")
+        image.set_qform(affine, code="scanner")
+        image.header["descrip"] = f"{case.method} {case.kind}"[:79].encode()
+        nib.save(image, path)
+
+
+write_nifti = NiftiWriter()

@@ -54,7 +54,29 @@ def _frames_ascending(pm: hd.pm.ParametricMap) -> None:
 
 
 class ParametricMapWriter(DicomWriter):
-    """Writes one channel of one case as a float Parametric Map (see :func:`write_parametric_map`)."""
+    """Write one channel of one case as a 32-bit float DICOM Parametric Map on the source slices.
+
+    Values are written exactly (after NaN -> 0, Inf -> finite max/min), with an identity Real World
+    Value Mapping (slope 1, intercept 0, unit "no units") whose quantity is the explanation's DICOM
+    property type (Saliency / Class activation / Gradient-weighted class activation). A shared
+    FrameAnatomySequence is added because dcmqi's ``paramap2itkimage`` (3D Slicer's reader)
+    requires it. Only the source headers are read.
+
+    Args:
+        explanation: the Explanation (``map`` is ``(B, K, *spatial)``; masks are written as 0.0/1.0).
+        source: the DICOM source: a :class:`DicomSeriesReference` (or its JSON), or the image as
+            loaded by ``LoadDicomd`` or by MONAI's ``LoadImaged`` on the series.
+        path: output ``.dcm`` file; written atomically.
+        case: which case of the batch to write.
+        channel: which map channel to write; may be omitted when ``K == 1``.
+        labels: class names indexed by target class, used in the mapping's explanation.
+        anatomic_region: coded anatomic region of the frames (default SCT "Entire body").
+        series_number, series_description, series_instance_uid, sop_instance_uid: the new series and
+            instance, as for :func:`~medcam_monai.io.write_dicom_seg`.
+
+    Returns:
+        The path written.
+    """
 
     name = "parametric_map"
     function = "write_parametric_map"
@@ -128,49 +150,4 @@ class ParametricMapWriter(DicomWriter):
         pm.save_as(path)
 
 
-PARAMETRIC_MAP = ParametricMapWriter()
-
-
-def write_parametric_map(
-    explanation: Explanation,
-    source: object,
-    path: str | os.PathLike,
-    *,
-    case: int = 0,
-    channel: int | None = None,
-    labels: Sequence[str] | Mapping[int, str] | None = None,
-    anatomic_region: Code = codes.SCT.EntireBody,
-    series_number: int = 902,
-    series_description: str | None = None,
-    series_instance_uid: str | None = None,
-    sop_instance_uid: str | None = None,
-) -> Path:
-    """Write one channel of one case as a 32-bit float DICOM Parametric Map on the source slices.
-
-    Values are written exactly (after NaN -> 0, Inf -> finite max/min), with an identity Real World
-    Value Mapping (slope 1, intercept 0, unit "no units") whose quantity is the explanation's DICOM
-    property type (Saliency / Class activation / Gradient-weighted class activation). A shared
-    FrameAnatomySequence is added because dcmqi's ``paramap2itkimage`` (3D Slicer's reader)
-    requires it. Only the source headers are read.
-
-    Args:
-        explanation: the Explanation (``map`` is ``(B, K, *spatial)``; masks are written as 0.0/1.0).
-        source: the DICOM source: a :class:`DicomSeriesReference` (or its JSON), or the image as
-            loaded by ``LoadDicomd`` or by MONAI's ``LoadImaged`` on the series.
-        path: output ``.dcm`` file; written atomically.
-        case: which case of the batch to write.
-        channel: which map channel to write; may be omitted when ``K == 1``.
-        labels: class names indexed by target class, used in the mapping's explanation.
-        anatomic_region: coded anatomic region of the frames (default SCT "Entire body").
-        series_number, series_description: of the new series.
-        series_instance_uid, sop_instance_uid: the UIDs of the new series and instance (valid DICOM
-            UIDs, not the source's); None generates them.
-
-    Returns:
-        The path written.
-    """
-    return PARAMETRIC_MAP(
-        explanation, source, path, case=case, channel=channel, labels=labels, anatomic_region=anatomic_region,
-        series_number=series_number, series_description=series_description,
-        series_instance_uid=series_instance_uid, sop_instance_uid=sop_instance_uid,
-    )
+write_parametric_map = ParametricMapWriter()

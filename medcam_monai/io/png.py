@@ -69,7 +69,33 @@ def _source_pixels(image: Any, ref: SourceReference) -> np.ndarray:
 
 
 class PngOverlayWriter(Writer):
-    """Writes image / heatmap / contour panels as one PNG (see :func:`write_png_overlay`)."""
+    """Write a PNG with three panels per row: the image, the image under the heatmap, the image with
+    the mask contour (green). 3D sources give one row per chosen slice (last axis).
+
+    Orientation: DICOM slices and 2D files appear as stored (first row on top); whole-slide regions
+    as read. The heatmap is min-max scaled for display; a heatmap's contour is drawn at
+    ``threshold`` of that scale, a mask's at its edge.
+
+    Args:
+        explanation: the Explanation (``map`` is ``(B, K, *spatial)``).
+        source: any source (a :class:`SourceReference`, its JSON, or the loaded image).
+        path: output ``.png``; written atomically.
+        case: which case of the batch to draw.
+        channel: which map channel to draw.
+        image: the source pixels when the caller has them: ``(C, *spatial)`` on the source grid, or a
+            MetaTensor on another grid (e.g. the network input; resampled by its affine). ``None``
+            loads the source once (a DICOM series from the files its reference names).
+        slices: slice indices (last spatial axis) of a 3D source; ``None`` picks the slice with
+            the most explanation.
+        threshold: contour level for heatmaps, in ``[0, 1]`` of the scaled map.
+        alpha: heatmap opacity at its maximum.
+        cmap: a matplotlib colormap name for the heatmap.
+        min_size: each panel's shorter side is enlarged (nearest neighbour, by a whole factor) to at
+            least this many pixels so small images stay readable; 0 keeps the source's pixels 1:1.
+
+    Returns:
+        The path written.
+    """
 
     name = "png"
     function = "write_png_overlay"
@@ -117,51 +143,4 @@ class PngOverlayWriter(Writer):
         Image.fromarray(canvas).save(path, format="PNG")
 
 
-PNG_OVERLAY = PngOverlayWriter()
-
-
-def write_png_overlay(
-    explanation: Explanation,
-    source: object,
-    path: str | os.PathLike,
-    *,
-    case: int = 0,
-    channel: int = 0,
-    image: Any = None,
-    slices: Sequence[int] | None = None,
-    threshold: float = 0.5,
-    alpha: float = 0.5,
-    cmap: str = "jet",
-    min_size: int = 256,
-) -> Path:
-    """Write a PNG with three panels per row: the image, the image under the heatmap, the image with
-    the mask contour (green). 3D sources give one row per chosen slice (last axis).
-
-    Orientation: DICOM slices and 2D files appear as stored (first row on top); whole-slide regions
-    as read. The heatmap is min-max scaled for display; a heatmap's contour is drawn at
-    ``threshold`` of that scale, a mask's at its edge.
-
-    Args:
-        explanation: the Explanation (``map`` is ``(B, K, *spatial)``).
-        source: any source (a :class:`SourceReference`, its JSON, or the loaded image).
-        path: output ``.png``; written atomically.
-        case: which case of the batch to draw.
-        channel: which map channel to draw.
-        image: the source pixels when the caller has them: ``(C, *spatial)`` on the source grid, or a
-            MetaTensor on another grid (e.g. the network input; resampled by its affine). ``None``
-            loads the source once (a DICOM series from the files its reference names).
-        slices: slice indices (last spatial axis) of a 3D source; ``None`` picks the slice with
-            the most explanation.
-        threshold: contour level for heatmaps, in ``[0, 1]`` of the scaled map.
-        alpha: heatmap opacity at its maximum.
-        cmap: a matplotlib colormap name for the heatmap.
-        min_size: each panel's shorter side is enlarged (nearest neighbour, by a whole factor) to at
-            least this many pixels so small images stay readable; 0 keeps the source's pixels 1:1.
-
-    Returns:
-        The path written.
-    """
-    return PNG_OVERLAY(
-        explanation, source, path, case=case, channel=channel, image=image, slices=slices, threshold=threshold,
-        alpha=alpha, cmap=cmap, min_size=min_size,
-    )
+write_png_overlay = PngOverlayWriter()

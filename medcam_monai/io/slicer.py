@@ -2,75 +2,19 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import slicerio
 
-from medcam_monai.explanation import Explanation
 from medcam_monai.io.codes import CATEGORY, property_type_for
 from medcam_monai.io.dicom_series import LPS_TO_RAS
-from medcam_monai.io.writer import PreparedCase, Writer
+from medcam_monai.io.writer import PreparedCase, SegmentWriter
 
 __all__ = ["SlicerSegWriter", "write_slicer_seg"]
 
 
-class SlicerSegWriter(Writer):
-    """Writes one case as a 3D Slicer ``.seg.nrrd`` on the source grid (see :func:`write_slicer_seg`)."""
-
-    name = "slicer_seg"
-    function = "write_slicer_seg"
-    suffix = ".seg.nrrd"
-    endings = (".seg.nrrd",)
-    spatial_dims = (3,)
-
-    def write(
-        self,
-        case: PreparedCase,
-        path: Path,
-        *,
-        threshold: float = 0.5,
-        labels: Sequence[str] | Mapping[int, str] | None = None,
-        colors: Sequence[Sequence[int]] | None = None,
-    ) -> None:
-        masks = case.masks(threshold)
-        ref = case.reference
-        segmentation = slicerio.create_segmentation(ref.spatial_shape, LPS_TO_RAS @ ref.affine_array)
-        prop = property_type_for(case.method)
-        for k, (name, rgb) in enumerate(zip(case.labels(labels), case.colors(colors))):
-            slicerio.add_segment(
-                segmentation,
-                masks[k],
-                {
-                    "id": f"Segment_{k + 1}",
-                    "name": name,
-                    "color": [c / 255.0 for c in rgb],
-                    "terminology": {
-                        "contextName": "medcam-monai explanations",
-                        "category": [CATEGORY.scheme_designator, CATEGORY.value, CATEGORY.meaning],
-                        "type": [prop.scheme_designator, prop.value, prop.meaning],
-                    },
-                },
-            )
-        segmentation["containedRepresentationNames"] = ["Binary labelmap"]
-        segmentation["masterRepresentation"] = "Binary labelmap"
-        slicerio.write_segmentation(str(path), segmentation)
-
-
-SLICER_SEG = SlicerSegWriter()
-
-
-def write_slicer_seg(
-    explanation: Explanation,
-    source: object,
-    path: str | os.PathLike,
-    *,
-    case: int = 0,
-    threshold: float = 0.5,
-    labels: Sequence[str] | Mapping[int, str] | None = None,
-    colors: Sequence[Sequence[int]] | None = None,
-) -> Path:
+class SlicerSegWriter(SegmentWriter):
     """Write one case as a 3D Slicer segmentation (``.seg.nrrd``, via slicerio) on the source grid.
 
     One segment per map channel, named like the DICOM-SEG segments, with the display colour and a
@@ -90,4 +34,35 @@ def write_slicer_seg(
     Returns:
         The path written.
     """
-    return SLICER_SEG(explanation, source, path, case=case, threshold=threshold, labels=labels, colors=colors)
+
+    name = "slicer_seg"
+    function = "write_slicer_seg"
+    suffix = ".seg.nrrd"
+    endings = (".seg.nrrd",)
+    spatial_dims = (3,)
+
+    def write_segments(self, case: PreparedCase, masks: np.ndarray, labels: list[str], colors: list[tuple[int, int, int]], path: Path) -> None:
+        ref = case.reference
+        segmentation = slicerio.create_segmentation(ref.spatial_shape, LPS_TO_RAS @ ref.affine_array)
+        prop = property_type_for(case.method)
+        for k, (name, rgb) in enumerate(zip(labels, colors)):
+            slicerio.add_segment(
+                segmentation,
+                masks[k],
+                {
+                    "id": f"Segment_{k + 1}",
+                    "name": name,
+                    "color": [c / 255.0 for c in rgb],
+                    "terminology": {
+                        "contextName": "medcam-monai explanations",
+                        "category": [CATEGORY.scheme_designator, CATEGORY.value, CATEGORY.meaning],
+                        "type": [prop.scheme_designator, prop.value, prop.meaning],
+                    },
+                },
+            )
+        segmentation["containedRepresentationNames"] = ["Binary labelmap"]
+        segmentation["masterRepresentation"] = "Binary labelmap"
+        slicerio.write_segmentation(str(path), segmentation)
+
+
+write_slicer_seg = SlicerSegWriter()

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from medcam_monai.io.errors import IrregularSpacingError, MissingGeometryError, MultipleSeriesError
-from medcam_monai.io.formats import is_dicom_file
+from medcam_monai.io.formats import is_dicom_file, suffix_kind
 from medcam_monai.io.grid import spatial_affine, voxel_correspondence
 from medcam_monai.io.reference import DicomSeriesReference, ImageReference, SourceReference
 
@@ -110,11 +110,14 @@ def reference_from_meta(meta: Mapping) -> SourceReference:
     affine = _as_array(affine)
     if affine.ndim == 3:
         affine = affine[0]
-    affine = spatial_affine(affine, len(shape))
     if _is_dicom(path):
-        return _dicom_reference(path, affine, shape, series_uid_in_meta(meta))
+        return _dicom_reference(path, spatial_affine(affine, len(shape)), shape, series_uid_in_meta(meta))
     path = os.fspath(path)
-    return ImageReference(path=path, affine=affine, spatial_shape=shape, format="2d" if len(shape) == 2 else "nifti")
+    picture = len(shape) == 2 and suffix_kind(path) in ("2d", "tiff")
+    # a picture's grid is its pixel grid (in-plane affine); a volume file keeps its whole affine,
+    # so a NIfTI output gets exactly the source's (a 2D NIfTI's too)
+    return ImageReference(path=path, affine=spatial_affine(affine, 2) if picture else affine, spatial_shape=shape,
+                          format="2d" if picture else "nifti")
 
 
 def _dicom_reference(path: Any, affine: np.ndarray, shape: tuple[int, ...], series_uid: str | None) -> DicomSeriesReference:

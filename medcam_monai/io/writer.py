@@ -1,8 +1,9 @@
 """The writer protocol: what a writer accepts, and the preparation every writer shares.
 
 A writer is a small class (one module per format) that declares what it accepts and implements
-:meth:`Writer.write` on a :class:`PreparedCase`. Calling it runs the preamble once, for every
-format alike::
+:meth:`Writer.write` on a :class:`PreparedCase`; its instance is the public function
+(``write_nifti = NiftiWriter()``), with the format's options in its signature and its class
+docstring as the docs. Calling it runs the preamble once, for every format alike::
 
     writer(explanation, source, path, *, case=0, **options) -> pathlib.Path
 
@@ -36,7 +37,7 @@ from medcam_monai.io.dicom_headers import header_cache
 from medcam_monai.io.geometry import map_on_source, normalize_unit, select_case
 from medcam_monai.io.reference import SourceReference, as_source_reference
 
-__all__ = ["SOURCE_KINDS", "Writer", "PreparedCase", "check_threshold", "check_channel"]
+__all__ = ["SOURCE_KINDS", "Writer", "SegmentWriter", "PreparedCase", "check_threshold", "check_channel"]
 
 # the source kinds a writer may accept: SourceReference.type of each reference class
 SOURCE_KINDS = ("dicom", "image", "wsi")
@@ -128,7 +129,8 @@ class PreparedCase:
 
 
 class Writer:
-    """Base of every writer. Subclasses declare what they accept and implement :meth:`write`.
+    """Base of every writer. Subclasses declare what they accept and implement :meth:`write`; their
+    docstring documents the public function (the instance) with its options.
 
     Class attributes:
         name: the key in :data:`medcam_monai.io.writers.WRITERS` (and the handler's folder name).
@@ -150,8 +152,8 @@ class Writer:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if inspect.isabstract(cls) or "write" not in cls.__dict__:
-            return  # an intermediate base (e.g. the DICOM writers' shared part)
+        if "name" not in cls.__dict__:
+            return  # an intermediate base (e.g. the DICOM writers' shared part): no format of its own
         for attr in ("name", "function", "suffix"):
             if not isinstance(getattr(cls, attr, None), str) or not getattr(cls, attr):
                 raise TypeError(f"Writer {cls.__name__} must set {attr!r}.")
@@ -161,6 +163,25 @@ class Writer:
             raise TypeError(f"Writer {cls.__name__} declares sources/kinds/spatial_dims outside {SOURCE_KINDS}, (mask, heatmap), (2, 3).")
         if cls.endings and not cls.suffix.endswith(cls.endings):
             raise TypeError(f"Writer {cls.__name__}.suffix {cls.suffix!r} is not one of its endings {cls.endings}.")
+
+    def __init__(self) -> None:
+        # A writer object is its public ``write_*`` function: it carries that name, the format's
+        # docs and the call signature with the format's own options, declared once in write().
+        self.__name__ = self.__qualname__ = self.function
+        self.__doc__ = type(self).__doc__
+        self.__module__ = type(self).__module__
+        options = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for n, p in inspect.signature(self.write).parameters.items() if n not in ("case", "path")]
+        positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        self.__signature__ = inspect.Signature(
+            [
+                inspect.Parameter("explanation", positional, annotation="Explanation"),
+                inspect.Parameter("source", positional, annotation="object"),
+                inspect.Parameter("path", positional, annotation="str | os.PathLike"),
+                inspect.Parameter("case", inspect.Parameter.KEYWORD_ONLY, default=0, annotation="int"),
+                *options,
+            ],
+            return_annotation="pathlib.Path",
+        )
 
     def accepts(self, source: str, spatial_dims: int, kind: str = HEATMAP) -> bool:
         """Whether this writer writes a ``kind`` map for a ``spatial_dims``-D source of kind ``source``
@@ -220,3 +241,24 @@ class Writer:
             with atomic_path(path) as tmp:
                 self.write(prepared, tmp, **options)
         return Path(path)
+
+
+class SegmentWriter(Writer):
+    """Base of the formats that store one named, coloured binary segment per map channel (3D Slicer
+    segmentations, QuPath annotations): the options and the binarisation are shared, subclasses
+    implement :meth:`write_segments`."""
+
+    def write(
+        self,
+        case: PreparedCase,
+        path: Path,
+        *,
+        threshold: float = 0.5,
+        labels: Labels = None,
+        colors: Sequence[Sequence[int]] | None = None,
+    ) -> None:
+        self.write_segments(case, case.masks(threshold), case.labels(labels), case.colors(colors), path)
+
+    def write_segments(self, case: PreparedCase, masks: np.ndarray, labels: list[str], colors: list[tuple[int, int, int]], path: Path) -> None:
+        """Write ``(K, *spatial)`` boolean ``masks`` with one label and colour each to ``path``."""
+        raise NotImplementedError

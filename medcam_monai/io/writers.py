@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from medcam_monai.io.dicom_seg import DICOM_SEG
-from medcam_monai.io.geojson import GEOJSON
-from medcam_monai.io.nifti import NIFTI
-from medcam_monai.io.parametric_map import PARAMETRIC_MAP
-from medcam_monai.io.png import PNG_OVERLAY
-from medcam_monai.io.slicer import SLICER_SEG
+from medcam_monai.io.dicom_seg import write_dicom_seg
+from medcam_monai.io.geojson import write_geojson
+from medcam_monai.io.nifti import write_nifti
+from medcam_monai.io.parametric_map import write_parametric_map
+from medcam_monai.io.png import write_png_overlay
+from medcam_monai.io.slicer import write_slicer_seg
 from medcam_monai.io.writer import Writer
-from medcam_monai.io.wsi import WSI_OVERLAY
+from medcam_monai.io.wsi import write_wsi_overlay
 
 __all__ = ["WRITERS", "WRITER_SUFFIXES", "writer_table", "writers_for"]
 
@@ -38,7 +38,7 @@ def writer_table(writers: Iterable[Writer]) -> Mapping[str, Writer]:
     return table
 
 
-WRITERS: Mapping[str, Writer] = writer_table([NIFTI, DICOM_SEG, PARAMETRIC_MAP, SLICER_SEG, PNG_OVERLAY, WSI_OVERLAY, GEOJSON])
+WRITERS: Mapping[str, Writer] = writer_table([write_nifti, write_dicom_seg, write_parametric_map, write_slicer_seg, write_png_overlay, write_wsi_overlay, write_geojson])
 
 # file suffix of each writer's output (the same as WRITERS[name].suffix)
 WRITER_SUFFIXES: dict[str, str] = {name: w.suffix for name, w in WRITERS.items()}

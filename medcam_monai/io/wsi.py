@@ -25,7 +25,29 @@ def _downscale(a: np.ndarray) -> np.ndarray:
 
 
 class WsiOverlayWriter(Writer):
-    """Writes one channel as a pyramidal TIFF over the whole slide (see :func:`write_wsi_overlay`)."""
+    """Write one channel as a tiled pyramidal grey TIFF covering the whole slide at the map's level.
+
+    The overlay has the slide's extent at the level the region was read from (level-0 size divided
+    by the downsample), with the map placed at the region's location and zeros elsewhere, so it
+    overlays the slide when scaled to the slide's size. Each pyramid level is a tiled top-level
+    page (OpenSlide's generic-TIFF layout; MONAI's tifffile backend reads pages as levels), halved
+    until it is below ``min_level_size``. X/YResolution are set in centimetres from the slide's mpp
+    times the downsample (when the slide has mpp). Values are uint8: a mask is 0/255, a heatmap is
+    ``round(255 * (v - min) / (max - min))``; min and max go to the ImageDescription as JSON.
+
+    Args:
+        explanation: the Explanation (``map`` is ``(B, K, H, W)`` for the region).
+        source: the :class:`WSIReference` made by :class:`LoadWSId` (or its JSON / MetaTensor).
+        path: output ``.tif``/``.tiff``; written atomically.
+        case: which case of the batch to write.
+        channel: which map channel to write.
+        tile: tile edge in pixels (a multiple of 16, as TIFF requires).
+        min_level_size: stop adding levels when both sides are below this.
+        compression: tifffile compression (``"zlib"``, ``"jpeg"``, ``None``).
+
+    Returns:
+        The path written.
+    """
 
     name = "wsi"
     function = "write_wsi_overlay"
@@ -79,41 +101,4 @@ class WsiOverlayWriter(Writer):
                           description=description if i == 0 else None, metadata=None, subfiletype=0 if i == 0 else 1, **kw)
 
 
-WSI_OVERLAY = WsiOverlayWriter()
-
-
-def write_wsi_overlay(
-    explanation: Explanation,
-    source: object,
-    path: str | os.PathLike,
-    *,
-    case: int = 0,
-    channel: int = 0,
-    tile: int = 256,
-    min_level_size: int = 256,
-    compression: str | None = "zlib",
-) -> Path:
-    """Write one channel as a tiled pyramidal grey TIFF covering the whole slide at the map's level.
-
-    The overlay has the slide's extent at the level the region was read from (level-0 size divided
-    by the downsample), with the map placed at the region's location and zeros elsewhere, so it
-    overlays the slide when scaled to the slide's size. Each pyramid level is a tiled top-level
-    page (OpenSlide's generic-TIFF layout; MONAI's tifffile backend reads pages as levels), halved
-    until it is below ``min_level_size``. X/YResolution are set in centimetres from the slide's mpp
-    times the downsample (when the slide has mpp). Values are uint8: a mask is 0/255, a heatmap is
-    ``round(255 * (v - min) / (max - min))``; min and max go to the ImageDescription as JSON.
-
-    Args:
-        explanation: the Explanation (``map`` is ``(B, K, H, W)`` for the region).
-        source: the :class:`WSIReference` made by :class:`LoadWSId` (or its JSON / MetaTensor).
-        path: output ``.tif``/``.tiff``; written atomically.
-        case: which case of the batch to write.
-        channel: which map channel to write.
-        tile: tile edge in pixels (a multiple of 16, as TIFF requires).
-        min_level_size: stop adding levels when both sides are below this.
-        compression: tifffile compression (``"zlib"``, ``"jpeg"``, ``None``).
-
-    Returns:
-        The path written.
-    """
-    return WSI_OVERLAY(explanation, source, path, case=case, channel=channel, tile=tile, min_level_size=min_level_size, compression=compression)
+write_wsi_overlay = WsiOverlayWriter()
