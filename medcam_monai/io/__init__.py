@@ -63,6 +63,7 @@ _EXPORTS = {
     "invert_to_source": ".inversion",
     "reference_from_meta": ".stock",
     "series_reference": ".dicom_series",
+    "SourceLoaderd": ".transforms",
     "LoadDicomd": ".transforms",
     "LoadImageSourced": ".transforms",
     "LoadWSId": ".transforms",

@@ -20,6 +20,7 @@ from medcam_monai.io.codes import MANUFACTURER, software_version
 from medcam_monai.io.dicom_headers import check_uid, fill_missing_identity
 from medcam_monai.io.dicom_series import load_source_headers
 from medcam_monai.io.errors import MissingGeometryError
+from medcam_monai.io.grid import contiguous
 from medcam_monai.io.reference import DicomSeriesReference, SourceReference
 from medcam_monai.io.writer import PreparedCase, Writer
 
@@ -130,7 +131,7 @@ def place_on_source(
     # match_geometry returns a transposed view; highdicom reads it frame by frame, which on a view
     # strides through the whole volume for every frame (seconds for a CT): one copy makes frames contiguous
     channels = [
-        np.ascontiguousarray(
+        contiguous(
             hd.Volume.from_nibabel(nib.Nifti1Image(values[k], ref.affine_array), frame_of_reference_uid=ref.frame_of_reference_uid)
             .match_geometry(geometry, tol=_MATCH_TOL)
             .array

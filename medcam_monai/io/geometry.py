@@ -10,7 +10,7 @@ from monai.data import MetaTensor
 from monai.transforms import SpatialResample
 
 from medcam_monai.explanation import MASK, Explanation
-from medcam_monai.io.grid import apply_correspondence, spatial_affine, voxel_correspondence
+from medcam_monai.io.grid import apply_correspondence, contiguous, spatial_affine, voxel_correspondence
 from medcam_monai.io.reference import SourceReference
 
 __all__ = ["map_on_source", "on_grid", "sanitize", "normalize_unit", "select_case"]
@@ -83,7 +83,7 @@ def on_grid(data: torch.Tensor, affine: np.ndarray, spatial_shape: tuple[int, ..
     values = data.as_tensor().detach().cpu().float()
     match = voxel_correspondence(src, spatial, dst, target)
     if match is not None:
-        return np.ascontiguousarray(apply_correspondence(values.numpy(), *match))
+        return contiguous(apply_correspondence(values.numpy(), *match))
     moved = SpatialResample(mode="nearest" if nearest else "bilinear", padding_mode="zeros", dtype=torch.float64)(
         MetaTensor(values, affine=torch.as_tensor(src)), dst_affine=torch.as_tensor(dst), spatial_size=target
     )

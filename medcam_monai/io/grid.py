@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["spatial_affine", "voxel_correspondence", "apply_correspondence"]
+__all__ = ["spatial_affine", "voxel_correspondence", "apply_correspondence", "contiguous"]
 
 # how far (in voxels) a corner of one grid may lie from a voxel centre of the other and still be
 # "the same voxel": DS/float32 round-off is far smaller, a real shift or resampling far larger
@@ -69,3 +69,19 @@ def apply_correspondence(array: np.ndarray, axes: Sequence[int], flips: Sequence
     out = np.transpose(array, (0, *[1 + a for a in axes]))
     flipped = [1 + a for a, f in enumerate(flips) if f]
     return np.flip(out, axis=flipped) if flipped else out
+
+
+def contiguous(view: np.ndarray, block: int = 32) -> np.ndarray:
+    """A C-contiguous copy of a transposed/flipped ``view`` (the array itself when it already is one).
+
+    Same result as ``np.ascontiguousarray``, copied in cubes of ``block`` voxels over the first three
+    axes: numpy copies a reversed axis order element by element across the whole source, one cache
+    miss per voxel (2 s for a 512x512x300 float32 CT here); cube by cube it is about 4x faster.
+    """
+    if view.flags.c_contiguous:
+        return view
+    out = np.empty(view.shape, view.dtype)
+    for corner in itertools.product(*(range(0, s, block) for s in view.shape[:3])):
+        cube = tuple(slice(i, i + block) for i in corner)
+        out[cube] = view[cube]
+    return out

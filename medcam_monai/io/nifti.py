@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from medcam_monai.explanation import MASK, Explanation
+from medcam_monai.explanation import MASK
 from medcam_monai.io.writer import PreparedCase, Writer, check_channel
 
 __all__ = ["NiftiWriter", "write_nifti"]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -15,6 +15,7 @@ from pydicom.sr.coding import Code
 from medcam_monai.explanation import Explanation
 from medcam_monai.io._dicom_common import DicomWriter, place_on_source
 from medcam_monai.io.codes import property_type_for
+from medcam_monai.io.reference import SourceReference
 from medcam_monai.io.writer import PreparedCase, check_channel
 
 __all__ = ["ParametricMapWriter", "write_parametric_map"]
@@ -83,7 +84,7 @@ class ParametricMapWriter(DicomWriter):
     suffix = ".pm.dcm"
     what = "Parametric Map"
 
-    def check_options(self, explanation: Explanation, reference, **options) -> None:
+    def check_options(self, explanation: Explanation, reference: SourceReference, **options: Any) -> None:
         super().check_options(explanation, reference, **options)
         K = int(explanation.map.shape[1])
         if options.get("channel") is None and K != 1:

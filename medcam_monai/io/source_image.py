@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medcam_monai.io.grid import apply_correspondence, voxel_correspondence
+from medcam_monai.io.grid import apply_correspondence, contiguous, voxel_correspondence
 from medcam_monai.io.reference import DicomSeriesReference, SourceReference, WSIReference
 
 __all__ = ["load_source_image"]
@@ -37,4 +37,4 @@ def load_source_image(ref: SourceReference) -> np.ndarray:
     match = voxel_correspondence(affine, pixels.shape[1:], ref.affine_array, ref.spatial_shape)
     if match is None:
         raise ValueError(f"The source {ref.path} now loads as {pixels.shape[1:]}, not {ref.spatial_shape}: it changed since the explanation.")
-    return np.ascontiguousarray(apply_correspondence(pixels, *match))
+    return contiguous(apply_correspondence(pixels, *match))
