@@ -88,6 +88,32 @@ def on_our_grid(their: np.ndarray, their_affine: np.ndarray, our_shape, our_affi
     return out
 
 
+def copy_series(folder: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / folder.name
+    shutil.copytree(folder, dst)
+    return dst
+
+
+def frames_by_source(ds_out, ref, values):
+    """Check every SEG/PM frame against the source slice it references (UID and position) and
+    return the decoded frames placed on ``ref``'s grid, per segment (index 1 for a PM)."""
+    src_pos = {uid: np.asarray(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient, float) for f, uid in zip(ref.files, ref.sop_instance_uids)}
+    pixels = ds_out.pixel_array
+    if pixels.ndim == 2:
+        pixels = pixels[None]
+    out = {}
+    for i, item in enumerate(ds_out.PerFrameFunctionalGroupsSequence):
+        src = item.DerivationImageSequence[0].SourceImageSequence[0]
+        uid = src.ReferencedSOPInstanceUID
+        k = ref.sop_instance_uids.index(uid)
+        pos = np.asarray(item.PlanePositionSequence[0].ImagePositionPatient, float)
+        np.testing.assert_allclose(pos, src_pos[uid], atol=1e-3)
+        seg = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) if "SegmentIdentificationSequence" in item else 1
+        grid = out.setdefault(seg, np.zeros(values.shape[1:], np.float32))
+        grid[..., k] = pixels[i].T
+    return out
+
+
 def explanation_on(image: MetaTensor, values: np.ndarray, kind: str, method: str = "medcam", target=(1,)) -> Explanation:
     """An Explanation of one case whose ``(K, *spatial)`` map carries ``image``'s affine."""
     m = MetaTensor(torch.as_tensor(values, dtype=torch.float32)[None], affine=image.affine.clone())

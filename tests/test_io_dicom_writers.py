@@ -6,7 +6,18 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from _io_support import CT2_IRREGULAR, CT5N, CT_SLICE, dciodvfy_errors, dcmqi_read, explanation_on, gunzip_enhanced_mr, itk_image_ras, on_our_grid
+from _io_support import (
+    CT2_IRREGULAR,
+    CT5N,
+    CT_SLICE,
+    dciodvfy_errors,
+    dcmqi_read,
+    explanation_on,
+    frames_by_source,
+    gunzip_enhanced_mr,
+    itk_image_ras,
+    on_our_grid,
+)
 from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd, Orientationd, Spacingd
 from pydicom.sr.codedict import codes
@@ -28,26 +39,6 @@ def _blob(shape, seed=0):
     m[x : x + shape[0] // 3, y : y + shape[1] // 2, : max(1, shape[2] - 1)] = 1  # last slice empty
     heat = rng.random(shape).astype(np.float32) * 3 - 1
     return m, heat
-
-
-def _frames_by_source(ds_out, ref, values):
-    """Check every SEG/PM frame against the source slice it references (UID and position) and
-    return the decoded frames placed on our grid, per segment (index 0 for a PM)."""
-    src_pos = {uid: np.asarray(pydicom.dcmread(f).ImagePositionPatient, float) for f, uid in zip(ref.files, ref.sop_instance_uids)}
-    pixels = ds_out.pixel_array
-    if pixels.ndim == 2:
-        pixels = pixels[None]
-    out = {}
-    for i, item in enumerate(ds_out.PerFrameFunctionalGroupsSequence):
-        src = item.DerivationImageSequence[0].SourceImageSequence[0]
-        uid = src.ReferencedSOPInstanceUID
-        k = ref.sop_instance_uids.index(uid)
-        pos = np.asarray(item.PlanePositionSequence[0].ImagePositionPatient, float)
-        np.testing.assert_allclose(pos, src_pos[uid], atol=1e-3)
-        seg = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) if "SegmentIdentificationSequence" in item else 1
-        grid = out.setdefault(seg, np.zeros(values.shape[1:], np.float32))
-        grid[..., k] = pixels[i].T
-    return out
 
 
 @pytest.mark.parametrize("seg_type", ["BINARY", "LABELMAP"])
@@ -85,7 +76,7 @@ def test_binary_seg_on_clean_ct_series(tmp_path, seg_type):
         assert s.SegmentAlgorithmType == "AUTOMATIC" and s.SegmentAlgorithmName.startswith("medcam-monai")
         assert "RecommendedDisplayCIELabValue" in s
     if seg_type == "BINARY":
-        frames = _frames_by_source(ds, ref, values)
+        frames = frames_by_source(ds, ref, values)
         for k in range(2):
             np.testing.assert_array_equal(frames[k + 1], values[k])
     # independent reader: dcmqi (3D Slicer's converter)
@@ -114,7 +105,7 @@ def test_parametric_map_exact_and_read_by_dcmqi(tmp_path):
     mapping = ds.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
     assert mapping.QuantityDefinitionSequence[0].ConceptCodeSequence[0].CodeValue == "130403"
     assert "FrameAnatomySequence" in ds.SharedFunctionalGroupsSequence[0]
-    frames = _frames_by_source(ds, ref, expected[None])
+    frames = frames_by_source(ds, ref, expected[None])
     np.testing.assert_array_equal(frames[1], expected)  # float32 exact
     (nrrd,) = dcmqi_read(out, "paramap2itkimage", tmp_path / "dcmqi")
     arr, aff = itk_image_ras(nrrd)
@@ -133,7 +124,7 @@ def test_fractional_seg_sanitises_nan(tmp_path):
     assert ds.SegmentationType == "FRACTIONAL" and ds.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "130403"
     clean = np.nan_to_num(heat)
     scaled = (clean - clean.min()) / (clean.max() - clean.min())
-    frames = _frames_by_source(ds, ref, heat[None])
+    frames = frames_by_source(ds, ref, heat[None])
     np.testing.assert_allclose(frames[1] / 255.0, scaled, atol=0.5 / 255 + 1e-6)
 
 
@@ -156,7 +147,7 @@ def test_seg_after_bundle_orientation_and_spacing_matches_invertd(tmp_path):
     net_mask = net_mask.reshape(net.shape[1:])
     exp = explanation_on(net, net_mask[None], "mask")
     out = write_dicom_seg(exp, d["source_image"], tmp_path / "seg.dcm")
-    frames = _frames_by_source(pydicom.dcmread(out), ref, source_mask[None])
+    frames = frames_by_source(pydicom.dcmread(out), ref, source_mask[None])
     # Invertd, run on the explanation map with the bundle's own transforms
     d["pred"] = MetaTensor(torch.as_tensor(net_mask[None]), meta=dict(net.meta), applied_operations=list(net.applied_operations))
     inv = Invertd("pred", transform=pre, orig_keys="image", nearest_interp=True)(d)["pred"]
@@ -170,7 +161,7 @@ def test_single_slice_and_irregular_series(tmp_path):
     mask[40:60, 70:90, 0] = 1
     out = write_dicom_seg(explanation_on(image, mask[None], "mask"), ref, tmp_path / "one.dcm")
     assert dciodvfy_errors(out) == []
-    np.testing.assert_array_equal(_frames_by_source(pydicom.dcmread(out), ref, mask[None])[1], mask)
+    np.testing.assert_array_equal(frames_by_source(pydicom.dcmread(out), ref, mask[None])[1], mask)
 
     with pytest.warns(UserWarning, match="irregular"):
         image, ref = _load(CT2_IRREGULAR, allow_irregular_spacing=True)
@@ -180,10 +171,10 @@ def test_single_slice_and_irregular_series(tmp_path):
     heat = np.random.default_rng(3).random(ref.spatial_shape).astype(np.float32)
     out = write_dicom_seg(explanation_on(image, mask[None], "mask"), ref, tmp_path / "irr.dcm")
     assert dciodvfy_errors(out) == []
-    np.testing.assert_array_equal(_frames_by_source(pydicom.dcmread(out), ref, mask[None])[1], mask)
+    np.testing.assert_array_equal(frames_by_source(pydicom.dcmread(out), ref, mask[None])[1], mask)
     pm = write_parametric_map(explanation_on(image, heat[None], "heatmap"), ref, tmp_path / "irr_pm.dcm")
     assert dciodvfy_errors(pm) == []
-    np.testing.assert_array_equal(_frames_by_source(pydicom.dcmread(pm), ref, heat[None])[1], heat)
+    np.testing.assert_array_equal(frames_by_source(pydicom.dcmread(pm), ref, heat[None])[1], heat)
 
 
 def test_enhanced_mr_source(tmp_path):

@@ -220,8 +220,9 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch, nifti_sou
     monkeypatch.setattr(nib, "save", boom)
     with pytest.raises(OSError, match="disk full"):
         write_nifti(exp, image, final)
-    assert list(final.parent.iterdir()) == []
+    assert not final.parent.exists()  # neither the half-written file nor the folder made for it remain
     monkeypatch.undo()
+    final.parent.mkdir()
     final.write_bytes(b"previous")
     monkeypatch.setattr(nib, "save", boom)
     with pytest.raises(OSError):

@@ -8,6 +8,8 @@ __all__ = [
     "IrregularSpacingError",
     "MissingGeometryError",
     "MissingFrameOfReferenceError",
+    "MixedIdentityError",
+    "MissingIdentityError",
     "UnreadableImageError",
     "NotAnImageError",
 ]
@@ -32,6 +34,15 @@ class MissingGeometryError(SourceImageError):
 
 class MissingFrameOfReferenceError(SourceImageError):
     """A DICOM image lacks FrameOfReferenceUID, so no derived object can be placed on it."""
+
+
+class MixedIdentityError(SourceImageError):
+    """The slices of one series name different patients, studies, series or frames of reference:
+    explaining them as one volume would mix people's data in one derived object."""
+
+
+class MissingIdentityError(SourceImageError):
+    """The source lacks an identifier a derived DICOM object must copy (e.g. StudyInstanceUID)."""
 
 
 class UnreadableImageError(SourceImageError):

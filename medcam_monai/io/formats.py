@@ -21,6 +21,8 @@ __all__ = [
     "SEG_TYPES",
     "is_dicom_file",
     "is_whole_slide",
+    "is_scan_leftover",
+    "suffix_kind",
     "input_kind",
     "input_cases",
     "case_id",
@@ -55,6 +57,10 @@ DEFAULT_WRITERS: dict[str, list[str]] = {
 # DICOM Segmentation types, BINARY first: every PACS stores it (LABELMAP is a 2024 SOP class many refuse)
 SEG_TYPES = ("BINARY", "FRACTIONAL", "LABELMAP")
 
+# hidden files (".*", macOS "._*" resource forks) and the temporary files of a killed write
+# (atomic_path's ".name.XXXX.part.nii.gz", a download's "x.part") are never input images
+_LEFTOVER = re.compile(r"^\.|\.part(\.|$)", re.IGNORECASE)
+
 # output suffixes are stripped from case ids too, so that an output read back keeps its case's name
 _STRIP = sorted({*SUFFIXES, ".seg.nrrd"}, key=len, reverse=True)
 
@@ -62,6 +68,18 @@ _STRIP = sorted({*SUFFIXES, ".seg.nrrd"}, key=len, reverse=True)
 def _suffix(name: str) -> str | None:
     lower = name.lower()
     return next((s for s in sorted(SUFFIXES, key=len, reverse=True) if lower.endswith(s)), None)
+
+
+def suffix_kind(name: str) -> str | None:
+    """The kind :data:`SUFFIXES` gives ``name``'s suffix (``"tiff"`` for .tif/.tiff), or None."""
+    suffix = _suffix(name)
+    return None if suffix is None else SUFFIXES[suffix]
+
+
+def is_scan_leftover(name: str) -> bool:
+    """Whether a folder scan skips the file ``name``: hidden files (``.*``, macOS ``._*``) and partial
+    files left by a killed run (``*.part``, ``*.part.<suffix>``)."""
+    return bool(_LEFTOVER.search(name))
 
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
@@ -93,10 +111,9 @@ def input_kind(path: str | os.PathLike) -> str | None:
     """The kind of image at ``path`` (see the module docstring), or None for anything else."""
     path = Path(path)
     if path.is_dir():
-        return "dicom" if any(is_dicom_file(p) for p in path.iterdir() if p.is_file() and not p.name.startswith(".")) else None
-    suffix = _suffix(path.name)
-    if suffix is not None:
-        kind = SUFFIXES[suffix]
+        return "dicom" if any(is_dicom_file(p) for p in path.iterdir() if p.is_file() and not is_scan_leftover(p.name)) else None
+    kind = suffix_kind(path.name)
+    if kind is not None:
         if kind == "tiff":
             return "wsi" if is_whole_slide(path) else "2d"
         return kind
@@ -107,7 +124,8 @@ def input_cases(path: str | os.PathLike) -> tuple[str, list[dict[str, str]]]:
     """The input's kind and one datalist entry ``{"image": path}`` per case.
 
     A DICOM series folder is one case; a folder of image files gives one case per file (all of one
-    kind); a file is one case.
+    kind); a file is one case. Hidden files and partial files of a killed run are skipped
+    (:func:`is_scan_leftover`).
 
     Raises:
         InputError: the path is missing, empty, or holds no readable image format.
@@ -125,6 +143,8 @@ def input_cases(path: str | os.PathLike) -> tuple[str, list[dict[str, str]]]:
         )
     cases: dict[str, list[dict[str, str]]] = {}
     for p in sorted(path.iterdir()):
+        if is_scan_leftover(p.name):
+            continue
         k = input_kind(p)
         if k is not None:
             cases.setdefault(k, []).append({"image": str(p)})

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 from skimage import measure
 
-from medcam_monai.explanation import MASK, Explanation
-from medcam_monai.io.atomic import atomic_path
-from medcam_monai.io.geometry import map_on_source, normalize_unit, select_case
-from medcam_monai.io.codes import default_color
-from medcam_monai.io.dicom_seg import segment_labels
-from medcam_monai.io.reference import WSIReference, as_source_reference
+from medcam_monai.io.reference import WSIReference
+from medcam_monai.io.writer import PreparedCase, SegmentWriter
 
-__all__ = ["write_geojson", "mask_polygons"]
+__all__ = ["GeoJsonWriter", "write_geojson", "mask_polygons"]
 
 
 def _signed_area(ring: np.ndarray) -> float:
@@ -62,16 +56,7 @@ def mask_polygons(mask: np.ndarray) -> list[list[np.ndarray]]:
     return polygons
 
 
-def write_geojson(
-    explanation: Explanation,
-    source: object,
-    path: str | os.PathLike,
-    *,
-    case: int = 0,
-    threshold: float = 0.5,
-    labels: Sequence[str] | Mapping[int, str] | None = None,
-    colors: Sequence[Sequence[int]] | None = None,
-) -> Path:
+class GeoJsonWriter(SegmentWriter):
     """Write mask contours as a GeoJSON FeatureCollection that QuPath imports as annotations.
 
     One Feature (Polygon with holes) per connected component per map channel, coordinates in
@@ -82,7 +67,7 @@ def write_geojson(
 
     Args:
         explanation: the Explanation (``map`` is ``(B, K, H, W)``).
-        source: a 2D :class:`SourceReference` (normally the :class:`WSIReference` from LoadWSId).
+        source: a 2D source (normally the :class:`WSIReference` from LoadWSId; or a 2D image as loaded).
         path: output ``.geojson``/``.json``; written atomically.
         case: which case of the batch to write.
         threshold: binarisation level for heatmaps, in ``[0, 1]``.
@@ -92,35 +77,38 @@ def write_geojson(
     Returns:
         The path written.
     """
-    ref = as_source_reference(source)
-    if len(ref.spatial_shape) != 2:
-        raise ValueError(f"write_geojson needs a 2D source (a slide region or a 2D image), got {ref.spatial_shape}.")
-    one = select_case(explanation, case)
-    values = map_on_source(one, ref)
-    masks = values >= 0.5 if one.kind == MASK else normalize_unit(values) >= threshold
-    if isinstance(ref, WSIReference):
-        scale, (oy, ox) = ref.downsample, ref.location
-        to_rc = lambda m: m  # noqa: E731  whole-slide regions are (row, column)
-    else:
-        scale, oy, ox = 1.0, 0, 0
-        to_rc = lambda m: m.T  # noqa: E731  MONAI loads 2D files as (x, y)
-    features = []
-    for k, name in enumerate(segment_labels(one, labels)):
-        rgb = [int(c) for c in (colors[k] if colors is not None else default_color(k))]
-        for poly in mask_polygons(to_rc(masks[k])):
-            rings = [[[float(ox + scale * x), float(oy + scale * y)] for x, y in ring] for ring in poly]
-            rings = [r + [r[0]] if r[0] != r[-1] else r for r in rings]
-            features.append({
-                "type": "Feature",
-                "geometry": {"type": "Polygon", "coordinates": rings},
-                "properties": {
-                    "objectType": "annotation",
-                    "name": name,
-                    "classification": {"name": name, "color": rgb},
-                    "measurements": {"target": int(one.target[0, k])},
-                    "method": one.method,
-                },
-            })
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-    return Path(path)
+
+    name = "geojson"
+    function = "write_geojson"
+    suffix = ".geojson"
+    sources = ("wsi", "image")
+    spatial_dims = (2,)
+
+    def write_segments(self, case: PreparedCase, masks: np.ndarray, labels: list[str], colors: list[tuple[int, int, int]], path: Path) -> None:
+        ref = case.reference
+        if isinstance(ref, WSIReference):
+            scale, (oy, ox) = ref.downsample, ref.location
+            to_rc = lambda m: m  # noqa: E731  whole-slide regions are (row, column)
+        else:
+            scale, oy, ox = 1.0, 0, 0
+            to_rc = lambda m: m.T  # noqa: E731  MONAI loads 2D files as (x, y)
+        features = []
+        for k, (name, rgb, target) in enumerate(zip(labels, colors, case.targets)):
+            for poly in mask_polygons(to_rc(masks[k])):
+                rings = [[[float(ox + scale * x), float(oy + scale * y)] for x, y in ring] for ring in poly]
+                rings = [r + [r[0]] if r[0] != r[-1] else r for r in rings]
+                features.append({
+                    "type": "Feature",
+                    "geometry": {"type": "Polygon", "coordinates": rings},
+                    "properties": {
+                        "objectType": "annotation",
+                        "name": name,
+                        "classification": {"name": name, "color": list(rgb)},
+                        "measurements": {"target": target},
+                        "method": case.method,
+                    },
+                })
+        path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+
+
+write_geojson = GeoJsonWriter()

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from medcam_monai.explanation import MASK, Explanation
-from medcam_monai.io.atomic import atomic_path
-from medcam_monai.io.geometry import map_on_source, select_case
-from medcam_monai.io.reference import as_source_reference
+from medcam_monai.explanation import MASK
+from medcam_monai.io.writer import PreparedCase, Writer, check_channel
 
-__all__ = ["write_nifti"]
+__all__ = ["NiftiWriter", "write_nifti"]
 
 
 def _affine_4x4(affine: np.ndarray) -> np.ndarray:
@@ -24,23 +21,18 @@ def _affine_4x4(affine: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_nifti(
-    explanation: Explanation,
-    source: object,
-    path: str | os.PathLike,
-    *,
-    case: int = 0,
-    channel: int | None = None,
-) -> Path:
+class NiftiWriter(Writer):
     """Write one case as NIfTI on the source image's grid, so it overlays the source in any viewer.
 
     A mask is stored as uint8 ``{0, 1}``, a heatmap as float32 with its values unchanged (NaN -> 0,
-    Inf -> finite max/min). The affine is the source's (RAS; for a DICOM source, the one
-    ``LoadDicomd`` gave), stored as both sform and qform with code "scanner".
+    Inf -> finite max/min). The grid is the source's as loaded: its shape and affine (for a NIfTI
+    loaded by MONAI, ``original_affine``; for a DICOM series, the RAS affine of its slices), stored
+    as both sform and qform with code "scanner".
 
     Args:
         explanation: the Explanation (``map`` is ``(B, K, *spatial)``).
-        source: any :class:`SourceReference` (or its JSON, or the source MetaTensor).
+        source: any source: a :class:`SourceReference` (or its JSON), or the image as loaded by MONAI's
+            ``LoadImaged`` or this package's loaders (its meta names the file and grid).
         path: output ``.nii`` or ``.nii.gz``; written atomically.
         case: which case of the batch to write.
         channel: one map channel to write as a 3D (2D) image; ``None`` writes all ``K`` channels,
@@ -49,26 +41,22 @@ def write_nifti(
     Returns:
         The path written.
     """
-    ref = as_source_reference(source)
-    one = select_case(explanation, case)
-    if not str(path).endswith((".nii", ".nii.gz")):
-        raise ValueError(f"write_nifti writes .nii or .nii.gz files, got {path}.")
-    values = map_on_source(one, ref)
-    K = values.shape[0]
-    if channel is not None:
-        if not -K <= channel < K:
-            raise ValueError(f"channel {channel} out of range for a map with {K} channel(s).")
-        values = values[[channel]]
-    data = values[0] if values.shape[0] == 1 else np.moveaxis(values, 0, -1)
-    if one.kind == MASK:
-        data = (data >= 0.5).astype(np.uint8)
-    else:
-        data = data.astype(np.float32)
-    affine = _affine_4x4(ref.affine_array)
-    image = nib.Nifti1Image(data, affine)
-    image.set_sform(affine, code="scanner")
-    image.set_qform(affine, code="scanner")
-    image.header["descrip"] = f"{one.method} {one.kind}"[:79].encode()
-    with atomic_path(path) as tmp:
-        nib.save(image, tmp)
-    return Path(path)
+
+    name = "nifti"
+    function = "write_nifti"
+    suffix = ".nii.gz"
+    endings = (".nii", ".nii.gz")
+
+    def write(self, case: PreparedCase, path: Path, *, channel: int | None = None) -> None:
+        values = case.values if channel is None else case.values[[check_channel(channel, case.channels)]]
+        data = values[0] if values.shape[0] == 1 else np.moveaxis(values, 0, -1)
+        data = (data >= 0.5).astype(np.uint8) if case.kind == MASK else data.astype(np.float32, copy=False)
+        affine = _affine_4x4(case.reference.affine_array)
+        image = nib.Nifti1Image(data, affine)
+        image.set_sform(affine, code="scanner")
+        image.set_qform(affine, code="scanner")
+        image.header["descrip"] = f"{case.method} {case.kind}"[:79].encode()
+        nib.save(image, path)
+
+
+write_nifti = NiftiWriter()

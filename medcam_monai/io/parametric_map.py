@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -13,23 +13,22 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from medcam_monai.explanation import Explanation
-from medcam_monai.io.atomic import atomic_path
-from medcam_monai.io._dicom_common import dicom_reference, next_uid, place_on_source
-from medcam_monai.io.geometry import map_on_source, select_case
-from medcam_monai.io.codes import MANUFACTURER, property_type_for, software_version
-from medcam_monai.io.dicom_seg import segment_labels
+from medcam_monai.io._dicom_common import DicomWriter, place_on_source
+from medcam_monai.io.codes import property_type_for
+from medcam_monai.io.reference import SourceReference
+from medcam_monai.io.writer import PreparedCase, check_channel
 
-__all__ = ["write_parametric_map"]
+__all__ = ["ParametricMapWriter", "write_parametric_map"]
 
 
 def _frames_ascending(pm: hd.pm.ParametricMap) -> None:
     """Reorder frames ascending along the slice normal, in place.
 
-    highdicom orders frames by its own volume convention, which is descending along the normal for
-    some series; dcmqi's ``paramap2itkimage`` (3D Slicer's reader) takes the lowest position as
-    origin but stacks frames in file order, so it loads such a map mirrored. Frame order carries no
-    meaning in DICOM (each frame has its position), so sorting is safe for every other reader.
-    Done by hand because highdicom has no option for it.
+    dcmqi's ``paramap2itkimage`` (3D Slicer's reader) takes the lowest position as origin but stacks
+    frames in file order, so it loads a descending map mirrored; highdicom sorts frames along its own
+    normal, which descends for the usual axial orientation. Frame order carries no meaning in DICOM
+    (each frame has its position), so sorting is safe for every other reader. Done by hand because
+    highdicom has no option for it.
     """
     items = list(pm.PerFrameFunctionalGroupsSequence)
     shared = pm.SharedFunctionalGroupsSequence[0]
@@ -43,7 +42,7 @@ def _frames_ascending(pm: hd.pm.ParametricMap) -> None:
         return
     keyword = "FloatPixelData" if "FloatPixelData" in pm else "DoubleFloatPixelData" if "DoubleFloatPixelData" in pm else "PixelData"
     frames = np.frombuffer(pm[keyword].value, np.uint8).reshape(len(items), -1)
-    pm[keyword].value = frames[order].tobytes()
+    pm[keyword].value = b"".join(frames[i].data for i in order)  # one new buffer, no intermediate array
     pointers = [int(d.DimensionIndexPointer) for d in pm.DimensionIndexSequence]
     position_dim = pointers.index(0x00200032) if 0x00200032 in pointers else None
     pm.PerFrameFunctionalGroupsSequence = [items[i] for i in order]
@@ -55,94 +54,101 @@ def _frames_ascending(pm: hd.pm.ParametricMap) -> None:
             fc.DimensionIndexValues = values if len(pointers) > 1 else values[0]
 
 
-def write_parametric_map(
-    explanation: Explanation,
-    source: object,
-    path: str | os.PathLike,
-    *,
-    case: int = 0,
-    channel: int | None = None,
-    labels: Sequence[str] | Mapping[int, str] | None = None,
-    anatomic_region: Code = codes.SCT.EntireBody,
-    series_number: int = 902,
-    series_description: str | None = None,
-) -> Path:
+class ParametricMapWriter(DicomWriter):
     """Write one channel of one case as a 32-bit float DICOM Parametric Map on the source slices.
 
     Values are written exactly (after NaN -> 0, Inf -> finite max/min), with an identity Real World
     Value Mapping (slope 1, intercept 0, unit "no units") whose quantity is the explanation's DICOM
     property type (Saliency / Class activation / Gradient-weighted class activation). A shared
     FrameAnatomySequence is added because dcmqi's ``paramap2itkimage`` (3D Slicer's reader)
-    requires it.
+    requires it. Only the source headers are read.
 
     Args:
         explanation: the Explanation (``map`` is ``(B, K, *spatial)``; masks are written as 0.0/1.0).
-        source: the :class:`DicomSeriesReference` (or its JSON, or the source MetaTensor).
+        source: the DICOM source: a :class:`DicomSeriesReference` (or its JSON), or the image as
+            loaded by ``LoadDicomd`` or by MONAI's ``LoadImaged`` on the series.
         path: output ``.dcm`` file; written atomically.
         case: which case of the batch to write.
         channel: which map channel to write; may be omitted when ``K == 1``.
         labels: class names indexed by target class, used in the mapping's explanation.
         anatomic_region: coded anatomic region of the frames (default SCT "Entire body").
-        series_number, series_description: of the new series.
+        series_number, series_description, series_instance_uid, sop_instance_uid: the new series and
+            instance, as for :func:`~medcam_monai.io.write_dicom_seg`.
 
     Returns:
         The path written.
     """
-    ref = dicom_reference(source, "write_parametric_map")
-    one = select_case(explanation, case)
-    K = one.map.shape[1]
-    if channel is None:
-        if K != 1:
+
+    name = "parametric_map"
+    function = "write_parametric_map"
+    suffix = ".pm.dcm"
+    what = "Parametric Map"
+
+    def check_options(self, explanation: Explanation, reference: SourceReference, **options: Any) -> None:
+        super().check_options(explanation, reference, **options)
+        K = int(explanation.map.shape[1])
+        if options.get("channel") is None and K != 1:
             raise ValueError(f"The map has {K} channels; a Parametric Map holds one. Pass channel=0..{K - 1}.")
-        channel = 0
-    if not -K <= channel < K:
-        raise ValueError(f"channel {channel} out of range for a map with {K} channel(s).")
-    values = map_on_source(one, ref)[channel : channel + 1 if channel != -1 else None].astype(np.float32)
-    datasets, volume = place_on_source(values, ref)
-    pixels = volume[..., 0] if isinstance(volume, np.ndarray) else volume.with_array(volume.array[..., 0], channels={})
-    lo, hi = float(values.min()), float(values.max())
-    label = segment_labels(one, labels)[channel]
-    mapping = hd.pm.RealWorldValueMapping(
-        lut_label="EXPLANATION",
-        lut_explanation=label,
-        unit=codes.UCUM.NoUnits,
-        value_range=(lo, hi),
-        slope=1.0,
-        intercept=0.0,
-        quantity_definition=property_type_for(one.method),
-    )
-    pm = hd.pm.ParametricMap(
-        source_images=datasets,
-        pixel_array=pixels,
-        series_instance_uid=next_uid(),
-        series_number=series_number,
-        sop_instance_uid=next_uid(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=one.method[:64],
-        software_versions=software_version(),
-        device_serial_number="0",
-        contains_recognizable_visual_features=False,
-        real_world_value_mappings=[mapping],
-        # LINEAR_EXACT: DICOM forbids a window narrower than 1 with the default LINEAR function,
-        # and heatmaps often span less than 1.
-        voi_lut_transformations=[
-            hd.VOILUTTransformation(
-                window_center=(lo + hi) / 2,
-                window_width=max(hi - lo, 1e-6),
-                voi_lut_function=hd.VOILUTFunctionValues.LINEAR_EXACT,
-            )
-        ],
-        content_label="EXPLANATION",
-        content_creator_name=f"{MANUFACTURER}^",  # PN: family name only
-        content_description=label,
-        series_description=(series_description or f"{one.method} heatmap")[:64],
-    )
-    _frames_ascending(pm)
-    anatomy = Dataset()
-    anatomy.AnatomicRegionSequence = [hd.sr.CodedConcept.from_code(anatomic_region)]
-    anatomy.FrameLaterality = "U"
-    pm.SharedFunctionalGroupsSequence[0].FrameAnatomySequence = [anatomy]
-    with atomic_path(path) as tmp:
-        pm.save_as(tmp)
-    return Path(path)
+
+    def write(
+        self,
+        case: PreparedCase,
+        path: Path,
+        *,
+        channel: int | None = None,
+        labels: Sequence[str] | Mapping[int, str] | None = None,
+        anatomic_region: Code = codes.SCT.EntireBody,
+        series_number: int = 902,
+        series_description: str | None = None,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> None:
+        channel = check_channel(0 if channel is None else channel, case.channels)
+        values = case.values[channel : channel + 1].astype(np.float32, copy=False)
+        headers = self.source_headers(case)
+        volume = place_on_source(values, case.reference, headers)  # type: ignore[arg-type]
+        pixels = volume[..., 0] if isinstance(volume, np.ndarray) else volume.with_array(volume.array[..., 0], channels={})
+        lo, hi = float(values.min()), float(values.max())
+        label = case.labels(labels)[channel]
+        mapping = hd.pm.RealWorldValueMapping(
+            lut_label="EXPLANATION",
+            lut_explanation=label,
+            unit=codes.UCUM.NoUnits,
+            value_range=(lo, hi),
+            slope=1.0,
+            intercept=0.0,
+            quantity_definition=property_type_for(case.method),
+        )
+        pm = hd.pm.ParametricMap(
+            pixel_array=pixels,
+            contains_recognizable_visual_features=False,
+            real_world_value_mappings=[mapping],
+            # LINEAR_EXACT: DICOM forbids a window narrower than 1 with the default LINEAR function,
+            # and heatmaps often span less than 1.
+            voi_lut_transformations=[
+                hd.VOILUTTransformation(
+                    window_center=(lo + hi) / 2,
+                    window_width=max(hi - lo, 1e-6),
+                    voi_lut_function=hd.VOILUTFunctionValues.LINEAR_EXACT,
+                )
+            ],
+            **self.derived_attributes(
+                case,
+                headers,
+                series_instance_uid=series_instance_uid,
+                sop_instance_uid=sop_instance_uid,
+                series_number=series_number,
+                series_description=series_description or f"{case.method} heatmap",
+                content_description=label,
+            ),
+        )
+        del volume, pixels, values  # the frames now live in pm: drop the arrays before reordering them
+        _frames_ascending(pm)
+        anatomy = Dataset()
+        anatomy.AnatomicRegionSequence = [hd.sr.CodedConcept.from_code(anatomic_region)]
+        anatomy.FrameLaterality = "U"
+        pm.SharedFunctionalGroupsSequence[0].FrameAnatomySequence = [anatomy]
+        pm.save_as(path)
+
+
+write_parametric_map = ParametricMapWriter()

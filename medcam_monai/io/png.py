@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 from scipy import ndimage
 
-from medcam_monai.explanation import MASK, Explanation
-from medcam_monai.io.atomic import atomic_path
-from medcam_monai.io.geometry import map_on_source, normalize_unit, select_case
+from medcam_monai.explanation import Explanation
+from medcam_monai.io.reference import SourceReference, WSIReference
 from medcam_monai.io.source_image import load_source_image
-from medcam_monai.io.reference import WSIReference, as_source_reference
+from medcam_monai.io.writer import PreparedCase, Writer, check_channel
 
-__all__ = ["write_png_overlay", "CONTOUR_COLOR"]
+__all__ = ["PngOverlayWriter", "write_png_overlay", "CONTOUR_COLOR"]
 
 CONTOUR_COLOR = (0, 255, 0)
 
@@ -53,20 +52,22 @@ def _panels(rgb: np.ndarray, heat: np.ndarray, mask: np.ndarray, alpha: float, c
     return np.concatenate([rgb, gap, blend, gap, contour], axis=1)
 
 
-def write_png_overlay(
-    explanation: Explanation,
-    source: object,
-    path: str | os.PathLike,
-    *,
-    case: int = 0,
-    channel: int = 0,
-    image: np.ndarray | None = None,
-    slices: Sequence[int] | None = None,
-    threshold: float = 0.5,
-    alpha: float = 0.5,
-    cmap: str = "jet",
-    min_size: int = 256,
-) -> Path:
+def _source_pixels(image: Any, ref: SourceReference) -> np.ndarray:
+    """The caller's source pixels on the source grid (a MetaTensor on another grid is resampled by
+    affine, bilinear), or the source loaded once when the caller has none."""
+    if image is None:
+        return load_source_image(ref)
+    if hasattr(image, "affine"):
+        from medcam_monai.io.geometry import on_grid
+
+        return on_grid(image, ref.affine_array, ref.spatial_shape, nearest=False)
+    pixels = np.asarray(image, dtype=np.float32)
+    if pixels.ndim != len(ref.spatial_shape) + 1 or tuple(pixels.shape[1:]) != tuple(ref.spatial_shape):
+        raise ValueError(f"image must be (C, *{tuple(ref.spatial_shape)}) on the source grid, got {pixels.shape}.")
+    return pixels
+
+
+class PngOverlayWriter(Writer):
     """Write a PNG with three panels per row: the image, the image under the heatmap, the image with
     the mask contour (green). 3D sources give one row per chosen slice (last axis).
 
@@ -76,11 +77,13 @@ def write_png_overlay(
 
     Args:
         explanation: the Explanation (``map`` is ``(B, K, *spatial)``).
-        source: any :class:`SourceReference` (or its JSON, or the source MetaTensor).
+        source: any source (a :class:`SourceReference`, its JSON, or the loaded image).
         path: output ``.png``; written atomically.
         case: which case of the batch to draw.
         channel: which map channel to draw.
-        image: ``(C, *spatial)`` source pixels on the source grid; ``None`` reloads them from the source.
+        image: the source pixels when the caller has them: ``(C, *spatial)`` on the source grid, or a
+            MetaTensor on another grid (e.g. the network input; resampled by its affine). ``None``
+            loads the source once (a DICOM series from the files its reference names).
         slices: slice indices (last spatial axis) of a 3D source; ``None`` picks the slice with
             the most explanation.
         threshold: contour level for heatmaps, in ``[0, 1]`` of the scaled map.
@@ -92,34 +95,51 @@ def write_png_overlay(
     Returns:
         The path written.
     """
-    ref = as_source_reference(source)
-    one = select_case(explanation, case)
-    values = map_on_source(one, ref)
-    K = values.shape[0]
-    if not -K <= channel < K:
-        raise ValueError(f"channel {channel} out of range for a map with {K} channel(s).")
-    if cmap not in colormaps:
-        raise ValueError(f"Unknown colormap {cmap!r}; use a matplotlib name such as 'jet', 'inferno', 'viridis'.")
-    heat = normalize_unit(values[[channel]])[0]
-    mask = values[channel] >= 0.5 if one.kind == MASK else heat >= threshold
-    pixels = load_source_image(ref) if image is None else np.asarray(image, dtype=np.float32)
-    if pixels.ndim != len(ref.spatial_shape) + 1 or tuple(pixels.shape[1:]) != tuple(ref.spatial_shape):
-        raise ValueError(f"image must be (C, *{tuple(ref.spatial_shape)}) on the source grid, got {pixels.shape}.")
-    # MONAI loads 2D files and DICOM as (x, y[, z]); whole-slide regions as (row, column)
-    to_rows = (lambda a: a) if isinstance(ref, WSIReference) else (lambda a: np.swapaxes(a, -1, -2))
-    if len(ref.spatial_shape) == 3:
-        n = ref.spatial_shape[-1]
-        chosen = [int(np.argmax(heat.reshape(-1, n).sum(0)))] if slices is None else [int(s) for s in slices]
-        bad = [s for s in chosen if not -n <= s < n]
-        if bad:
-            raise ValueError(f"slices {bad} out of range for a volume of {n} slices.")
-        rows = [_panels(_window(to_rows(pixels[..., s])), to_rows(heat[..., s]), to_rows(mask[..., s]), alpha, cmap, min_size) for s in chosen]
-    elif len(ref.spatial_shape) == 2:
-        rows = [_panels(_window(to_rows(pixels)), to_rows(heat), to_rows(mask), alpha, cmap, min_size)]
-    else:
-        raise ValueError(f"PNG overlays need a 2D or 3D source, got {len(ref.spatial_shape)}D.")
-    sep = np.full((4, rows[0].shape[1], 3), 255, np.uint8)
-    canvas = np.concatenate([x for r in rows for x in (r, sep)][:-1], axis=0)
-    with atomic_path(path) as tmp:
-        Image.fromarray(canvas).save(tmp, format="PNG")
-    return Path(path)
+
+    name = "png"
+    function = "write_png_overlay"
+    suffix = ".png"
+
+    def check_options(self, explanation: Explanation, reference: SourceReference, **options: Any) -> None:
+        super().check_options(explanation, reference, **options)
+        cmap = options.get("cmap", "jet")
+        if cmap not in colormaps:
+            raise ValueError(f"Unknown colormap {cmap!r}; use a matplotlib name such as 'jet', 'inferno', 'viridis'.")
+        if len(reference.spatial_shape) == 3 and options.get("slices") is not None:
+            n = reference.spatial_shape[-1]
+            bad = [int(s) for s in options["slices"] if not -n <= int(s) < n]
+            if bad:
+                raise ValueError(f"slices {bad} out of range for a volume of {n} slices.")
+
+    def write(
+        self,
+        case: PreparedCase,
+        path: Path,
+        *,
+        channel: int = 0,
+        image: Any = None,
+        slices: Sequence[int] | None = None,
+        threshold: float = 0.5,
+        alpha: float = 0.5,
+        cmap: str = "jet",
+        min_size: int = 256,
+    ) -> None:
+        ref = case.reference
+        channel = check_channel(channel, case.channels)
+        heat = case.unit()[channel]
+        mask = case.masks(threshold)[channel]
+        pixels = _source_pixels(image, ref)
+        # MONAI loads 2D files and DICOM as (x, y[, z]); whole-slide regions as (row, column)
+        to_rows = (lambda a: a) if isinstance(ref, WSIReference) else (lambda a: np.swapaxes(a, -1, -2))
+        if len(ref.spatial_shape) == 3:
+            n = ref.spatial_shape[-1]
+            chosen = [int(np.argmax(heat.reshape(-1, n).sum(0)))] if slices is None else [int(s) for s in slices]
+            rows = [_panels(_window(to_rows(pixels[..., s])), to_rows(heat[..., s]), to_rows(mask[..., s]), alpha, cmap, min_size) for s in chosen]
+        else:
+            rows = [_panels(_window(to_rows(pixels)), to_rows(heat), to_rows(mask), alpha, cmap, min_size)]
+        sep = np.full((4, rows[0].shape[1], 3), 255, np.uint8)
+        canvas = np.concatenate([x for r in rows for x in (r, sep)][:-1], axis=0)
+        Image.fromarray(canvas).save(path, format="PNG")
+
+
+write_png_overlay = PngOverlayWriter()

@@ -179,7 +179,9 @@ def as_source_reference(source: Any) -> SourceReference:
 
     Args:
         source: a :class:`SourceReference`; its JSON string or dict; a MetaTensor (or a meta dict)
-            whose meta holds ``"medcam_source"``; or a list of one of these (one case of a batch).
+            whose meta holds ``"medcam_source"`` (set by this package's loaders) or, from stock MONAI
+            loading, ``filename_or_obj``/``spatial_shape``/``original_affine`` (see
+            :mod:`medcam_monai.io.stock`); or a list of one of these (one case of a batch).
 
     Raises:
         TypeError: nothing that names a source reference.
@@ -193,6 +195,11 @@ def as_source_reference(source: Any) -> SourceReference:
         return as_source_reference(meta[SOURCE_META_KEY])
     if isinstance(source, dict) and SOURCE_META_KEY in source:
         return as_source_reference(source[SOURCE_META_KEY])
+    from medcam_monai.io.stock import has_stock_meta, reference_from_meta
+
+    for candidate in (meta, source):
+        if has_stock_meta(candidate):
+            return reference_from_meta(candidate)
     if isinstance(source, str):
         try:
             source = json.loads(source)
@@ -207,6 +214,7 @@ def as_source_reference(source: Any) -> SourceReference:
             d[k] = tuple(tuple(r) for r in d[k])
         return cls(**d)
     raise TypeError(
-        f"Cannot find a source reference in {type(source).__name__}. Pass the reference made by the loading "
-        f"transform (data['source_<key>'] or image.meta['{SOURCE_META_KEY}'])."
+        f"Cannot find a source reference in {type(source).__name__}. Pass the image as loaded by MONAI's LoadImaged "
+        f"(its meta names the file and grid), or the reference made by this package's loaders "
+        f"(data['source_<key>'] or image.meta['{SOURCE_META_KEY}'])."
     )

@@ -1,25 +1,40 @@
-"""Load the pixels of a referenced source image again (for overlays drawn on it)."""
+"""Load the pixels of a referenced source image again (for overlays drawn on it), once."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from medcam_monai.io.grid import apply_correspondence, contiguous, voxel_correspondence
 from medcam_monai.io.reference import DicomSeriesReference, SourceReference, WSIReference
 
 __all__ = ["load_source_image"]
 
 
 def load_source_image(ref: SourceReference) -> np.ndarray:
-    """Return the source as ``(C, *spatial)`` float32, on exactly the grid ``ref`` describes."""
-    from medcam_monai.io.transforms import LoadDicomd, LoadImageSourced, LoadWSId
+    """Return the source as ``(C, *spatial)`` float32, on exactly the grid ``ref`` describes.
 
+    A DICOM series is read from the files the reference names, each once (no folder scan); other
+    sources with MONAI's readers, as they were loaded.
+
+    Raises:
+        ValueError: the source now loads on another grid (it changed since the explanation).
+    """
     if isinstance(ref, DicomSeriesReference):
-        d = LoadDicomd("x", series_uid=ref.series_instance_uid, allow_irregular_spacing=not ref.regular_spacing)({"x": ref.path})
-    elif isinstance(ref, WSIReference):
+        from medcam_monai.io.dicom_series import load_dicom_pixels
+
+        return load_dicom_pixels(ref)[None]
+    if isinstance(ref, WSIReference):
+        from medcam_monai.io.transforms import LoadWSId
+
         d = LoadWSId("x", backend=ref.backend, level=ref.level, location=ref.location, size=ref.spatial_shape)({"x": ref.path})
+        image, affine = d["x"], ref.affine_array
     else:
-        d = LoadImageSourced("x")({"x": ref.path})
-    image = np.asarray(d["x"].detach().cpu().numpy(), dtype=np.float32)
-    if tuple(image.shape[1:]) != tuple(ref.spatial_shape):
-        raise ValueError(f"The source {ref.path} now loads as {image.shape[1:]}, not {ref.spatial_shape}: it changed since the explanation.")
-    return image
+        from monai.transforms import LoadImage
+
+        image = LoadImage(image_only=True, ensure_channel_first=True)(ref.path)
+        affine = image.affine.numpy()
+    pixels = np.asarray(image.detach().cpu().numpy(), dtype=np.float32)
+    match = voxel_correspondence(affine, pixels.shape[1:], ref.affine_array, ref.spatial_shape)
+    if match is None:
+        raise ValueError(f"The source {ref.path} now loads as {pixels.shape[1:]}, not {ref.spatial_shape}: it changed since the explanation.")
+    return contiguous(apply_correspondence(pixels, *match))

@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
 
 from medcam_monai.explanation import MASK, Explanation
-from medcam_monai.io.atomic import atomic_path
-from medcam_monai.io.geometry import map_on_source, select_case
-from medcam_monai.io.reference import WSIReference, as_source_reference
+from medcam_monai.io.reference import SourceReference
+from medcam_monai.io.writer import PreparedCase, Writer, check_channel
 
-__all__ = ["write_wsi_overlay", "wsi_reference"]
-
-
-def wsi_reference(source: object, writer: str) -> WSIReference:
-    ref = as_source_reference(source)
-    if not isinstance(ref, WSIReference):
-        raise TypeError(f"{writer} needs a whole-slide source (a WSIReference made by LoadWSId), got {type(ref).__name__} for {ref.path}.")
-    return ref
+__all__ = ["WsiOverlayWriter", "write_wsi_overlay"]
 
 
 def _downscale(a: np.ndarray) -> np.ndarray:
@@ -31,17 +23,7 @@ def _downscale(a: np.ndarray) -> np.ndarray:
     return np.round((p[0::2, 0::2] + p[1::2, 0::2] + p[0::2, 1::2] + p[1::2, 1::2]) / 4).astype(np.uint8)
 
 
-def write_wsi_overlay(
-    explanation: Explanation,
-    source: object,
-    path: str | os.PathLike,
-    *,
-    case: int = 0,
-    channel: int = 0,
-    tile: int = 256,
-    min_level_size: int = 256,
-    compression: str | None = "zlib",
-) -> Path:
+class WsiOverlayWriter(Writer):
     """Write one channel as a tiled pyramidal grey TIFF covering the whole slide at the map's level.
 
     The overlay has the slide's extent at the level the region was read from (level-0 size divided
@@ -65,33 +47,49 @@ def write_wsi_overlay(
     Returns:
         The path written.
     """
-    ref = wsi_reference(source, "write_wsi_overlay")
-    if tile % 16:
-        raise ValueError(f"tile must be a multiple of 16 (TIFF tiling), got {tile}.")
-    one = select_case(explanation, case)
-    values = map_on_source(one, ref)
-    K = values.shape[0]
-    if not -K <= channel < K:
-        raise ValueError(f"channel {channel} out of range for a map with {K} channel(s).")
-    v = values[channel]
-    lo, hi = float(v.min()), float(v.max())
-    if one.kind == MASK:
-        region = np.where(v >= 0.5, 255, 0).astype(np.uint8)
-    else:
-        region = np.round(255 * (v - lo) / (hi - lo)).astype(np.uint8) if hi > lo else np.zeros(v.shape, np.uint8)
-    H = int(np.ceil(ref.level0_size[0] / ref.downsample))
-    W = int(np.ceil(ref.level0_size[1] / ref.downsample))
-    y0, x0 = (int(round(c / ref.downsample)) for c in ref.location)
-    canvas = np.zeros((H, W), np.uint8)
-    h, w = min(region.shape[0], H - y0), min(region.shape[1], W - x0)
-    canvas[y0 : y0 + h, x0 : x0 + w] = region[:h, :w]
-    description = json.dumps({"medcam_monai": {"method": one.method, "kind": one.kind, "target": int(one.target[0, channel]),
-                                               "value_min": lo, "value_max": hi, "downsample_from_level0": ref.downsample}})
-    levels = [canvas]
-    while max(levels[-1].shape) >= 2 * min_level_size:
-        levels.append(_downscale(levels[-1]))
-    with atomic_path(path) as tmp:
-        with tifffile.TiffWriter(tmp, bigtiff=canvas.size > 2**31) as tif:
+
+    name = "wsi"
+    function = "write_wsi_overlay"
+    suffix = ".tif"
+    sources = ("wsi",)
+    spatial_dims = (2,)
+
+    def check_options(self, explanation: Explanation, reference: SourceReference, **options: Any) -> None:
+        super().check_options(explanation, reference, **options)
+        tile = options.get("tile", 256)
+        if tile % 16:
+            raise ValueError(f"tile must be a multiple of 16 (TIFF tiling), got {tile}.")
+
+    def write(
+        self,
+        case: PreparedCase,
+        path: Path,
+        *,
+        channel: int = 0,
+        tile: int = 256,
+        min_level_size: int = 256,
+        compression: str | None = "zlib",
+    ) -> None:
+        ref = case.reference
+        channel = check_channel(channel, case.channels)
+        v = case.values[channel]
+        lo, hi = float(v.min()), float(v.max())
+        if case.kind == MASK:
+            region = np.where(v >= 0.5, 255, 0).astype(np.uint8)
+        else:
+            region = np.round(255 * (v - lo) / (hi - lo)).astype(np.uint8) if hi > lo else np.zeros(v.shape, np.uint8)
+        H = int(np.ceil(ref.level0_size[0] / ref.downsample))
+        W = int(np.ceil(ref.level0_size[1] / ref.downsample))
+        y0, x0 = (int(round(c / ref.downsample)) for c in ref.location)
+        canvas = np.zeros((H, W), np.uint8)
+        h, w = min(region.shape[0], H - y0), min(region.shape[1], W - x0)
+        canvas[y0 : y0 + h, x0 : x0 + w] = region[:h, :w]
+        description = json.dumps({"medcam_monai": {"method": case.method, "kind": case.kind, "target": case.targets[channel],
+                                                   "value_min": lo, "value_max": hi, "downsample_from_level0": ref.downsample}})
+        levels = [canvas]
+        while max(levels[-1].shape) >= 2 * min_level_size:
+            levels.append(_downscale(levels[-1]))
+        with tifffile.TiffWriter(path, bigtiff=canvas.size > 2**31) as tif:
             for i, level in enumerate(levels):
                 scale = ref.downsample * (canvas.shape[0] / level.shape[0])
                 kw = {}
@@ -100,4 +98,6 @@ def write_wsi_overlay(
                     kw = {"resolution": (1e4 / (ref.mpp[1] * scale), 1e4 / (ref.mpp[0] * scale)), "resolutionunit": "CENTIMETER"}
                 tif.write(level, tile=(tile, tile), compression=compression, photometric="minisblack",
                           description=description if i == 0 else None, metadata=None, subfiletype=0 if i == 0 else 1, **kw)
-    return Path(path)
+
+
+write_wsi_overlay = WsiOverlayWriter()

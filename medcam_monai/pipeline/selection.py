@@ -15,7 +15,8 @@ A bundle says what it accepts in ``configs/inference.json`` (or ``configs/metada
 Without that key the modality of ``network_data_format.inputs.image.modality`` in
 ``metadata.json`` is used alone. On top of the rules, a series must be a volume: cross-sectional
 image storage (CT, MR, PET; never a SEG, Parametric Map or SR, so earlier outputs are never
-re-explained), one orientation and size, distinct slice positions, at least ``min_slices`` slices.
+re-explained), one stack as the loader checks it (one orientation, size and pixel spacing, distinct
+and evenly spaced slice positions), at least ``min_slices`` slices.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pydicom
 from pydicom import uid as _uid
 
+from medcam_monai.io.errors import IrregularSpacingError, MissingGeometryError
+from medcam_monai.io.slice_stack import SliceStackError, planes_of, slice_stack
 from medcam_monai.pipeline.errors import NoMatchingSeriesError
 
 __all__ = [
@@ -243,17 +245,13 @@ def group_series(headers: Iterable[pydicom.Dataset], paths: Sequence[str] | None
     return {study: list(series.values()) for study, series in studies.items()}
 
 
-def _vector(ds: pydicom.Dataset, keyword: str, n: int) -> np.ndarray | None:
-    value = ds.get(keyword)
-    try:
-        v = np.asarray([float(x) for x in value], dtype=np.float64)
-    except (TypeError, ValueError):
-        return None
-    return v if v.shape == (n,) else None
-
-
 def volume_problem(series: SeriesInfo, min_slices: int = 3) -> str | None:
-    """Why ``series`` is not a volume a 3D bundle can read, or None when it is."""
+    """Why ``series`` is not a volume a 3D bundle can read, or None when it is.
+
+    The stack itself (orientations, sizes, pixel spacing, shared positions, even spacing) is judged
+    by :func:`medcam_monai.io.slice_stack.slice_stack`, the check the loader applies, so a series
+    selected here is one ``LoadDicomd`` reads.
+    """
     classes = {str(ds.get("SOPClassUID", "")) for ds in series.headers}
     if len(classes) != 1:
         return f"its instances mix SOP classes {sorted(classes)}"
@@ -271,22 +269,16 @@ def volume_problem(series: SeriesInfo, min_slices: int = 3) -> str | None:
         return None
     if len(series.headers) < min_slices:
         return f"it has {len(series.headers)} slice(s); the bundle needs at least {min_slices}"
-    sizes = {(int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)) for ds in series.headers}
-    if len(sizes) != 1:
-        return f"its slices have different sizes {sorted(sizes)}"
-    orientations, positions = [], []
-    for ds in series.headers:
-        o, p = _vector(ds, "ImageOrientationPatient", 6), _vector(ds, "ImagePositionPatient", 3)
-        if o is None or p is None:
-            return "some slices have no ImageOrientationPatient/ImagePositionPatient (no 3D geometry)"
-        orientations.append(o)
-        positions.append(p)
-    if np.abs(np.asarray(orientations) - orientations[0]).max() > 1e-3:
-        return "its slices have different orientations (several stacks in one series)"
-    normal = np.cross(orientations[0][:3], orientations[0][3:])
-    distances = np.sort(np.asarray(positions) @ normal)
-    if np.min(np.diff(distances)) < 1e-3:
-        return "several slices share a position (e.g. several phases or echoes in one series)"
+    paths = series.paths if len(series.paths) == len(series.headers) else [f"instance {i + 1}" for i in range(len(series.headers))]
+    try:
+        planes = [p for path, ds in zip(paths, series.headers) for p in planes_of(ds, path)]
+        slice_stack(planes, series.label, allow_irregular_spacing=False)
+    except SliceStackError as e:
+        return f"its {e.reason}"
+    except MissingGeometryError:
+        return "some slices have no ImageOrientationPatient/ImagePositionPatient/PixelSpacing (no 3D geometry)"
+    except IrregularSpacingError:
+        return "its slice spacing is irregular (a slice may be missing)"
     return None
 
 
