@@ -4,6 +4,7 @@
   instance search, STOW-RS) serving the datasets it is given as they are: hostile UIDs included.
   ``store_status`` makes every STOW-RS answer an HTTP error (e.g. 503).
 - :class:`SilentServer`: accepts TCP connections and never answers (a hung PACS).
+- :class:`FailingStoreProxy`: forwards to a real server but answers STOW-RS with HTTP 5xx while told to.
 
 Written here rather than taken from a library because the point is to misbehave in ways a real
 server (Orthanc, dcm4chee) never would; each piece is the few lines of HTTP its test needs.
@@ -20,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 import pydicom
 
-__all__ = ["FakeDicomWeb", "SilentServer"]
+__all__ = ["FakeDicomWeb", "SilentServer", "FailingStoreProxy"]
 
 
 def _bytes_of(ds: pydicom.Dataset) -> bytes:
@@ -135,3 +136,67 @@ class SilentServer:
         for conn in self.accepted:
             conn.close()
         self.sock.close()
+
+
+class FailingStoreProxy:
+    """An HTTP proxy in front of a DICOMweb server that answers every STOW-RS (POST) with
+    ``store_status`` (e.g. 503) while ``failing`` is true, and forwards everything else (and, once
+    ``failing`` is false, the POSTs too): a PACS whose storage is briefly down, reads still working.
+
+    Args:
+        target: the real server's origin, e.g. ``http://127.0.0.1:8042``.
+        store_status: the HTTP status of a refused store.
+    """
+
+    def __init__(self, target: str, store_status: int = 503) -> None:
+        import requests
+
+        self.target, self.store_status, self.failing = target.rstrip("/"), store_status, True
+        self.refused_posts = 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _forward(self, method: str) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0)) if method == "POST" else None
+                if method == "POST" and proxy.failing:
+                    proxy.refused_posts += 1
+                    payload = b"storage temporarily unavailable (test)"
+                    self.send_response(proxy.store_status)
+                    self.send_header("Content-Type", "text/plain")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length", "connection")}
+                r = requests.request(method, proxy.target + self.path, headers=headers, data=body, timeout=60)
+                self.send_response(r.status_code)
+                for k, v in r.headers.items():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(r.content)
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._forward("GET")
+
+            def do_POST(self) -> None:  # noqa: N802
+                self._forward("POST")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def url(self, path: str = "/dicom-web") -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def __enter__(self) -> FailingStoreProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -73,10 +73,11 @@ def work_dir_lock(work_dir: Path) -> Iterator[None]:
             raise PipelineError(
                 f"Another pipeline run (pid {f.read().strip() or '?'}) is using {str(work_dir)!r}; wait for it or use another --work-dir."
             ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
+        try:  # the pid is for the message above (unbuffered: a full disk must not stop the run here or at close)
+            os.ftruncate(f.fileno(), 0)
+            os.pwrite(f.fileno(), str(os.getpid()).encode(), 0)
+        except OSError:
+            pass
         try:
             yield
         finally:
