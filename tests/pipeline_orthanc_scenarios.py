@@ -371,11 +371,10 @@ def test_a_full_work_disk_is_reported_and_leaves_nothing_half_written(tmp_path, 
     assert mounted.returncode == 0, f"cannot mount a tmpfs in the test namespace: {mounted.stderr}"
     try:
         filler = work / "filler"
-        with open(filler, "wb") as f:  # fill it: the writes below get ENOSPC, as on a full disk
+        with open(filler, "wb", buffering=0) as f:  # fill it: the writes below get ENOSPC, as on a full disk
             try:
                 while True:
                     f.write(b"\0" * 4096)
-                    f.flush()
             except OSError as e:
                 assert e.errno == 28, e
         code, (record,) = run_step(step_args(bundle, [str(CT5N)], orthanc.url, work, weights))
@@ -383,7 +382,7 @@ def test_a_full_work_disk_is_reported_and_leaves_nothing_half_written(tmp_path, 
         assert "No space left on device" in record["error"] and "the work folder is full" in record["error"], record
         assert "--work-dir" in record["error"]
         leftovers = sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.name != "filler")
-        assert leftovers in (["outbox", "pipeline.jsonl"], ["outbox"]), leftovers  # no scratch, no partial outputs
+        assert leftovers in ([".lock", "outbox", "pipeline.jsonl"], [".lock", "outbox"]), leftovers  # no scratch, no partial outputs
         assert not (work / "pipeline.jsonl").exists() or all(json.loads(ln) for ln in (work / "pipeline.jsonl").read_text().splitlines())
         filler.unlink()
         code, (again,) = run_step(step_args(bundle, [str(CT5N)], orthanc.url, work, weights))
@@ -474,8 +473,8 @@ def test_fault_injection_sigkill_at_random_points_then_rerun(tmp_path, orthanc, 
 
     lines, pause = rng.randint(1, 30), rng.uniform(0.0, 1.5)
     proc = start_step(args)
-    seen = 0
-    for _ in proc.stderr:
+    seen, last = 0, ""
+    for last in proc.stderr:
         seen += 1
         if seen >= lines:
             break
@@ -484,7 +483,7 @@ def test_fault_injection_sigkill_at_random_points_then_rerun(tmp_path, orthanc, 
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
-    print(f"seed {seed}: killed={killed} after {seen} log line(s) + {pause:.2f} s")
+    print(f"seed {seed}: killed={killed} {pause:.2f} s after log line {seen}: {last.strip()[-150:]}")
     assert tree_state(tmp_path, work) == before, "the killed run changed something outside its work folder"
 
     code, records = run_step(args)

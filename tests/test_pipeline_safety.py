@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import socket
 import sys
@@ -92,7 +91,7 @@ def hostile_series_uids(tmp_path: Path, sentinel: Path) -> list[str]:
 @pytest.mark.parametrize("form", ["absolute", "relative"])
 def test_hostile_series_uid_in_a_folder_deletes_nothing_outside_the_work_folder(tmp_path, capsys, form):
     sentinel = outside_sentinel(tmp_path)
-    uid = dict(zip(["absolute", "relative"], hostile_series_uids(tmp_path, sentinel)))[form]
+    uid = dict(zip(["absolute", "relative"], hostile_series_uids(tmp_path, sentinel), strict=True))[form]
     folder = tmp_path / "incoming"
     folder.mkdir()
     for i, ds in enumerate(hostile_datasets(uid)):
@@ -110,7 +109,7 @@ def test_hostile_series_uid_in_a_folder_deletes_nothing_outside_the_work_folder(
 @pytest.mark.parametrize("form", ["absolute", "relative"])
 def test_hostile_series_uid_from_dicomweb_deletes_nothing_outside_the_work_folder(tmp_path, capsys, form):
     sentinel = outside_sentinel(tmp_path)
-    uid = dict(zip(["absolute", "relative"], hostile_series_uids(tmp_path, sentinel)))[form]
+    uid = dict(zip(["absolute", "relative"], hostile_series_uids(tmp_path, sentinel), strict=True))[form]
     work = tmp_path / "w"
     with FakeDicomWeb(hostile_datasets(uid)) as server:
         code, (record,), _ = run([

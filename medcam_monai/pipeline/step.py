@@ -34,7 +34,7 @@ from typing import Any, TextIO
 
 import pydicom
 
-from medcam_monai.pipeline.bundle_run import BundleRunError, BundleRunner, writers_take_uids
+from medcam_monai.pipeline.bundle_run import BundleRunner, writers_take_uids
 from medcam_monai.pipeline.errors import (
     PacsAuthError,
     PacsError,
@@ -282,10 +282,10 @@ class PipelineStep:
         return record
 
     def _series_error(self, e: BaseException) -> str:
-        """The JSON line's error for a failed series; a full disk says where and what to do."""
-        cause = e.cause if isinstance(e, BundleRunError) and e.cause is not None else e
-        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
-            return (f"{type(e).__name__}: {_describe_os_error(cause, self.work_dir)}: the work folder is full. Free space "
+        """The JSON line's error for a failed series; a full disk says where and what to do (the
+        bundle's own message would point at its ``output_dir``, which the step chooses)."""
+        if _disk_full(e):
+            return (f"{type(e).__name__}: {os.strerror(errno.ENOSPC)}: the work folder is full ({self.work_dir}). Free space "
                     f"there (or pass another --work-dir); nothing of this series was kept, the next run explains it again")
         return f"{type(e).__name__}: {e}"
 
@@ -414,6 +414,23 @@ class PipelineStep:
             result.update(status="pending", error=f"{reason} Moving it to rejected/ failed too: {e}")
             logger.error("%s", result["error"])
         return result
+
+
+def _disk_full(e: BaseException) -> bool:
+    """Whether ``e`` or an error under it is a full disk (ENOSPC, EDQUOT), also when a wrapper kept only its text."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [e]
+    while stack:
+        x = stack.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if os.strerror(errno.ENOSPC) in str(x) or os.strerror(errno.EDQUOT) in str(x):
+            return True
+        stack += [x.__cause__, x.__context__, getattr(x, "cause", None)]
+    return False
 
 
 def _describe_os_error(e: OSError, work_dir: Path) -> str:
