@@ -7,7 +7,8 @@ Instance UIDs on a DICOMweb server), selects the series the bundle accepts
 PACS by STOW-RS or C-STORE (:mod:`~medcam_monai.pipeline.pacs`), without duplicates
 (:mod:`~medcam_monai.pipeline.identity`), with retries (:mod:`~medcam_monai.pipeline.retry`) and an
 on-disk outbox (:mod:`~medcam_monai.pipeline.outbox`); one JSON line per study
-(:mod:`~medcam_monai.pipeline.step`).
+(:mod:`~medcam_monai.pipeline.step`). Nothing read from a file or a PACS becomes a path unchecked, and
+nothing outside the work folder is deleted (:mod:`~medcam_monai.pipeline.paths`).
 """
 
 from medcam_monai.lazy import lazy_exports
@@ -18,6 +19,7 @@ _EXPORTS = {
     "BundleRunner": ".bundle_run",
     "BundleRunError": ".bundle_run",
     "parse_override": ".bundle_run",
+    "writers_take_uids": ".bundle_run",
     "PASSWORD_ENV": ".command",
     "add_pipeline_parser": ".command",
     "build_pipeline_parser": ".command",
@@ -33,6 +35,10 @@ _EXPORTS = {
     "OutputIdentity": ".identity",
     "output_identity": ".identity",
     "stamp_identity": ".identity",
+    "has_identity": ".identity",
+    "check_uid": ".paths",
+    "remove_tree": ".paths",
+    "remove_file": ".paths",
     "Outbox": ".outbox",
     "DicomWebPacs": ".pacs",
     "DimsePacs": ".pacs",
@@ -67,6 +73,7 @@ __all__ = [
     "BundleRunError",
     "SEG_TYPES",
     "parse_override",
+    "writers_take_uids",
     "SeriesRules",
     "SeriesInfo",
     "rules_for_bundle",
@@ -86,6 +93,10 @@ __all__ = [
     "OutputIdentity",
     "output_identity",
     "stamp_identity",
+    "has_identity",
+    "check_uid",
+    "remove_tree",
+    "remove_file",
     "PipelineError",
     "StudyInputError",
     "NoMatchingSeriesError",
