@@ -200,3 +200,17 @@ class FailingStoreProxy:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def object_with_identity(src, identity, dest):
+    """A copy of the DICOM file ``src`` carrying ``identity``'s UIDs and Series Number, as the DICOM writers
+    write them (a stand-in for a SEG or Parametric Map waiting in the outbox)."""
+    import pydicom
+
+    ds = pydicom.dcmread(src)
+    ds.SeriesInstanceUID = identity.series_instance_uid
+    ds.SOPInstanceUID = identity.sop_instance_uid
+    ds.SeriesNumber = identity.series_number
+    ds.file_meta.MediaStorageSOPInstanceUID = identity.sop_instance_uid
+    ds.save_as(dest, enforce_file_format=True)
+    return dest

@@ -22,7 +22,7 @@ import torch
 from pydicom.data import get_testdata_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _fake_pacs import FakeDicomWeb  # noqa: E402
+from _fake_pacs import FakeDicomWeb, object_with_identity  # noqa: E402
 
 from medcam_monai.pipeline import PASSWORD_ENV, Outbox, build_pipeline_parser, run_pipeline  # noqa: E402
 
@@ -210,17 +210,17 @@ def test_pacs_password_file_must_be_private(tmp_path, capsys, monkeypatch):
 
 # -- 5. a corrupt outbox file -----------------------------------------------------------------------------------------
 def test_corrupt_outbox_file_is_quarantined_and_the_run_goes_on(tmp_path, capsys):
-    from medcam_monai.pipeline import output_identity, stamp_identity
+    from medcam_monai.pipeline import output_identity
 
     work = tmp_path / "w"
     box = Outbox(work)
     good = output_identity(SERIES, "kidney_ct_unet3d", "0.1.0", "parametric_map", 902)
-    box.add(STUDY, good.sop_instance_uid, stamp_identity(sorted(CT5N.iterdir())[0], good, tmp_path / "good.dcm"))
+    box.add(STUDY, good.sop_instance_uid, object_with_identity(sorted(CT5N.iterdir())[0], good, tmp_path / "good.dcm"))
     bad_study = "1.2.826.0.1.3680043.8.498.1"
     (tmp_path / "1.2.3.4").write_bytes(b"not DICOM at all")
     box.add(bad_study, "1.2.3.4", tmp_path / "1.2.3.4")
     cut = output_identity(SERIES, "kidney_ct_unet3d", "0.1.0", "dicom_seg/BINARY", 901)  # a file cut short in its pixels
-    ds = pydicom.dcmread(stamp_identity(sorted(CT5N.iterdir())[1], cut, tmp_path / "cut.dcm"))
+    ds = pydicom.dcmread(object_with_identity(sorted(CT5N.iterdir())[1], cut, tmp_path / "cut.dcm"))
     ds.StudyInstanceUID = bad_study
     ds.save_as(tmp_path / "cut.dcm")
     (tmp_path / "1.2.3.5").write_bytes((tmp_path / "cut.dcm").read_bytes()[:-100])
@@ -296,53 +296,45 @@ def test_rerun_with_another_class_runs_the_model_instead_of_already_stored(tmp_p
 
 
 # -- the writers take the identity's UIDs -----------------------------------------------------------------------------
-def test_writers_that_take_uids_get_the_identity_and_nothing_is_restamped(tmp_path, capsys, monkeypatch, caplog):
-    """Once the DICOM writers accept series_instance_uid/sop_instance_uid/series_number (helper "io"), the step
-    hands them the identity and keeps their files as written; here two wrappers stand in for those writers."""
+def test_writers_are_given_the_identity_and_nothing_is_restamped(tmp_path, capsys, monkeypatch):
+    """The step hands the DICOM writers the identity's UIDs and queues their files as written."""
     from medcam_monai.io import writers as io_writers
-    from medcam_monai.pipeline import bundle_run, step
 
     calls = []
 
-    def taking_uids(writer):
-        def write(explanation, source, path, *, series_instance_uid, sop_instance_uid, series_number, **kwargs):
-            calls.append((writer.__name__, series_instance_uid, sop_instance_uid, series_number))
-            out = writer(explanation, source, path, series_number=series_number, **kwargs)
-            ds = pydicom.dcmread(out)  # what the io writers will do themselves
-            ds.SeriesInstanceUID, ds.SOPInstanceUID = series_instance_uid, sop_instance_uid
-            ds.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid
-            ds.save_as(out, enforce_file_format=True)
-            return out
+    def recording(writer):
+        def write(explanation, source, path, **kwargs):
+            calls.append((writer.name, kwargs.get("series_instance_uid"), kwargs.get("sop_instance_uid"), kwargs.get("series_number")))
+            return writer(explanation, source, path, **kwargs)
         return write
 
-    assert not bundle_run.writers_take_uids()  # today's io writers: the step re-stamps (the fallback)
     for name in ("dicom_seg", "parametric_map"):
-        monkeypatch.setitem(io_writers.WRITERS, name, taking_uids(io_writers.WRITERS[name]))
-    assert bundle_run.writers_take_uids()
-    monkeypatch.setattr(step, "stamp_identity", lambda *a, **k: pytest.fail("re-stamped a file the writer made right"))
+        monkeypatch.setitem(io_writers.WRITERS, name, recording(io_writers.WRITERS[name]))
     work = tmp_path / "w"
-    with caplog.at_level(logging.DEBUG, logger="medcam_monai.pipeline"):
-        code, (record,), err = run(["kidney_ct_unet3d", str(CT5N), "--pacs", f"dimse://P@127.0.0.1:{closed_port()}", "--retries", "1",
-                                    "--weights", str(random_weights(tmp_path)), "--work-dir", str(work), "--override", "pixels=image"], capsys)
+    code, (record,), err = run(["kidney_ct_unet3d", str(CT5N), "--pacs", f"dimse://P@127.0.0.1:{closed_port()}", "--retries", "1",
+                                "--weights", str(random_weights(tmp_path)), "--work-dir", str(work), "--override", "pixels=image"], capsys)
     assert [s["inference"] for s in record["series"]] == ["ran"], err
     outputs = {o["kind"]: o for s in record["series"] for o in s["outputs"]}
-    assert sorted((c[0], c[1], c[2], c[3]) for c in calls) == sorted(
-        (f"write_{k.split('/')[0]}", o["series_instance_uid"], o["sop_instance_uid"], 901 if k.startswith("dicom_seg") else 902)
+    assert sorted(calls) == sorted(
+        (k.split("/")[0], o["series_instance_uid"], o["sop_instance_uid"], 901 if k.startswith("dicom_seg") else 902)
         for k, o in outputs.items())
     for o in outputs.values():
         ds = pydicom.dcmread(work / "outbox" / STUDY / f"{o['sop_instance_uid']}.dcm", stop_before_pixels=True)
         assert ds.SeriesInstanceUID == o["series_instance_uid"]
 
 
-def test_outputs_of_writers_without_uids_are_restamped(tmp_path):
-    from medcam_monai.pipeline import output_identity
+def test_an_output_without_its_identity_is_refused(tmp_path):
+    """A written object whose UIDs are not the ones the writer was given could never be found in the PACS
+    again (it would be stored every night): it is refused, not queued."""
+    from medcam_monai.pipeline import PipelineError, output_identity
     from medcam_monai.pipeline.step import PipelineStep
 
     src = sorted(CT5N.iterdir())[0]
     identity = output_identity(SERIES, "k", "1", "parametric_map", 902)
-    stamped = PipelineStep._with_identity(src, identity, tmp_path)
-    assert stamped != src and pydicom.dcmread(stamped).SOPInstanceUID == identity.sop_instance_uid
-    assert PipelineStep._with_identity(stamped, identity, tmp_path) == stamped  # already right: kept as it is
+    with pytest.raises(PipelineError, match="wrote other UIDs"):
+        PipelineStep._checked_identity(src, identity)
+    right = object_with_identity(src, identity, tmp_path / "x.dcm")
+    assert PipelineStep._checked_identity(right, identity) == right
 
 
 # -- a killed run's leftovers ---------------------------------------------------------------------------------------

@@ -7,15 +7,13 @@ datalist, ``LoadDicomd`` as the first preprocessing transform, and the DICOM wri
 back in memory.
 
 The outputs' identity (:mod:`~medcam_monai.pipeline.identity`) is given to the DICOM writers
-(``series_instance_uid``, ``sop_instance_uid``, ``series_number``) when they take it
-(:func:`writers_take_uids`); otherwise the step re-stamps the written files.
+(``series_instance_uid``, ``sop_instance_uid``, ``series_number``), so no file is written twice.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -28,24 +26,7 @@ from medcam_monai.io.formats import SEG_TYPES
 from medcam_monai.pipeline.errors import PipelineError
 from medcam_monai.pipeline.identity import OutputIdentity, output_identity
 
-__all__ = ["BundleRunner", "BundleRunError", "SEG_TYPES", "parse_override", "writers_take_uids", "file_sha256"]
-
-_UID_KEYWORDS = ("series_instance_uid", "sop_instance_uid", "series_number")
-_DICOM_WRITERS = ("dicom_seg", "parametric_map")
-
-
-def writers_take_uids() -> bool:
-    """Whether both DICOM writers of :data:`medcam_monai.io.writers.WRITERS` accept the output UIDs
-    (``series_instance_uid=``, ``sop_instance_uid=``, ``series_number=``); when they do, the step
-    hands them the identity instead of re-writing each file with :func:`stamp_identity`."""
-    from medcam_monai.io.writers import WRITERS
-
-    for name in _DICOM_WRITERS:
-        params = inspect.signature(WRITERS[name]).parameters
-        if not all(k in params for k in _UID_KEYWORDS):
-            return False
-    return True
-
+__all__ = ["BundleRunner", "BundleRunError", "SEG_TYPES", "parse_override", "file_sha256"]
 
 def file_sha256(path: str | os.PathLike) -> str:
     """SHA-256 of a file's bytes (read in 1 MiB blocks)."""
@@ -176,7 +157,7 @@ class BundleRunner:
              "series_description": f"{desc} explanation SEG"[:64]},
             {"name": "parametric_map", "series_number": 902, "series_description": f"{desc} explanation map"[:64]},
         ]
-        if identities and writers_take_uids():
+        if identities:
             by_kind = {i.kind.split("/")[0]: i for i in identities}
             for w in writers:
                 i = by_kind.get(w["name"])
@@ -189,8 +170,7 @@ class BundleRunner:
         """Explain the series ``series_uid`` found in ``series_folder``; return output kind -> file.
 
         Args:
-            identities: the outputs' UIDs, given to the DICOM writers when they take them
-                (:func:`writers_take_uids`); the caller checks the files (and re-stamps them if not).
+            identities: the outputs' UIDs, given to the DICOM writers.
 
         The bundle's console logging goes to stderr, keeping stdout for the step's JSON lines.
         """

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import pydicom
 from pydicom.uid import generate_uid
 
-from medcam_monai.io import atomic_path
 
-__all__ = ["OutputIdentity", "output_identity", "stamp_identity", "has_identity", "DEFAULT_UID_ROOT"]
+__all__ = ["OutputIdentity", "output_identity", "has_identity", "DEFAULT_UID_ROOT"]
 
 # pydicom's UID root (its generate_uid default); a site with its own root passes --uid-root
 DEFAULT_UID_ROOT = "1.2.826.0.1.3680043.8.498."
@@ -74,24 +72,6 @@ def output_identity(
         sop_instance_uid=generate_uid(uid_root, entropy_srcs=[*key, "instance"]),
         series_number=int(series_number),
     )
-
-
-def stamp_identity(path: str | os.PathLike, identity: OutputIdentity, dest: str | os.PathLike | None = None) -> Path:
-    """Give the DICOM object at ``path`` the UIDs of ``identity``; write it (atomically) to ``dest``.
-
-    The fallback for writers that cannot be given the UIDs (see
-    :func:`~medcam_monai.pipeline.bundle_run.writers_take_uids`). Safe because a freshly written SEG or Parametric Map references only its source images, never
-    its own UIDs; the file meta's Media Storage SOP Instance UID is kept in step.
-    """
-    ds = pydicom.dcmread(path)
-    ds.SeriesInstanceUID = identity.series_instance_uid
-    ds.SOPInstanceUID = identity.sop_instance_uid
-    ds.SeriesNumber = identity.series_number
-    ds.file_meta.MediaStorageSOPInstanceUID = identity.sop_instance_uid
-    out = Path(dest if dest is not None else path)
-    with atomic_path(out) as tmp:
-        ds.save_as(tmp, enforce_file_format=True)
-    return out
 
 
 def has_identity(path: str | os.PathLike, identity: OutputIdentity) -> bool:

@@ -2,7 +2,8 @@
 deletion checked to stay inside the folder it is meant for.
 
 A DICOM file or a PACS answer decides the Study, Series and SOP Instance UIDs the step sees. A UID
-is digits and dots (at most 64 characters, DICOM PS3.5 9.1), so one that passes :func:`check_uid`
+is digits and dots (at most 64 characters, DICOM PS3.5 9.1), so one that passes
+:func:`~medcam_monai.uids.check_uid`
 cannot name a parent folder or an absolute path; :func:`remove_tree` and :func:`remove_file` check
 containment again after resolving links, as defence in depth (a link planted in the work folder, a
 future caller that forgets the check).
@@ -11,30 +12,12 @@ future caller that forgets the check).
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from pathlib import Path
 
+from medcam_monai.uids import check_uid, is_uid
+
 __all__ = ["check_uid", "is_uid", "contained", "remove_tree", "remove_file"]
-
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-
-
-def is_uid(value: object) -> bool:
-    """Whether ``value`` is a DICOM UID: digits and dots, at most 64 characters."""
-    return isinstance(value, str) and len(value) <= 64 and bool(_UID.match(value))
-
-
-def check_uid(uid: object, what: str = "UID") -> str:
-    """``uid`` if it is a DICOM UID (digits and dots, at most 64 characters), else ValueError.
-
-    UIDs become folder and file names here, so anything else (``..``, ``/``) is refused.
-    """
-    if not is_uid(uid):
-        shown = uid if not isinstance(uid, str) or len(uid) <= 100 else uid[:100] + "..."
-        raise ValueError(f"{what} {shown!r} is not a DICOM UID (digits and dots, at most 64 characters).")
-    return uid  # type: ignore[return-value]
-
 
 def contained(path: str | os.PathLike, root: str | os.PathLike, *, follow: bool = True) -> Path:
     """``path`` resolved, if it lies strictly inside ``root`` (also resolved).

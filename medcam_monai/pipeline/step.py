@@ -34,7 +34,7 @@ from typing import Any, TextIO
 
 import pydicom
 
-from medcam_monai.pipeline.bundle_run import BundleRunner, writers_take_uids
+from medcam_monai.pipeline.bundle_run import BundleRunner
 from medcam_monai.pipeline.errors import (
     PacsAuthError,
     PacsError,
@@ -42,7 +42,7 @@ from medcam_monai.pipeline.errors import (
     PacsUnavailableError,
     PipelineError,
 )
-from medcam_monai.pipeline.identity import has_identity, stamp_identity
+from medcam_monai.pipeline.identity import has_identity
 from medcam_monai.pipeline.outbox import Outbox
 from medcam_monai.pipeline.paths import check_uid, remove_tree
 from medcam_monai.pipeline.pacs import Pacs
@@ -336,7 +336,7 @@ class PipelineStep:
             logger.info("running bundle %s %s on %s", self.runner.name, self.runner.version, series.label)
             files = self.runner.run(folder, series.series_instance_uid, scratch / "bundle", identities=todo)
             for identity in todo:
-                self.outbox.add(study_uid, identity.sop_instance_uid, self._with_identity(files[identity.kind], identity, scratch))
+                self.outbox.add(study_uid, identity.sop_instance_uid, self._checked_identity(files[identity.kind], identity))
         finally:
             remove_tree(scratch, self.scratch)  # source copies may hold patient data: keep none
             self._tidy_scratch(scratch.parent)
@@ -350,17 +350,15 @@ class PipelineStep:
                 pass
 
     @staticmethod
-    def _with_identity(path: Path, identity, scratch: Path) -> Path:
-        """``path`` (a written output) carrying ``identity``'s UIDs: as written when the writers took
-        them, else re-written with :func:`stamp_identity` (the fallback for writers that do not)."""
-        if has_identity(path, identity):
-            return path
-        if writers_take_uids():
-            logger.warning("the %s writer was given %s but wrote other UIDs; re-stamping %s", identity.kind,
-                           identity.sop_instance_uid, path)
-        else:
-            logger.debug("the DICOM writers do not take output UIDs; re-stamping %s", path)
-        return stamp_identity(path, identity, scratch / f"{identity.sop_instance_uid}.dcm")
+    def _checked_identity(path: Path, identity) -> Path:
+        """``path`` (a written output), checked to carry the UIDs the writer was given: the outbox and the
+        PACS look objects up by them, so an object with other UIDs would be stored again every night."""
+        if not has_identity(path, identity):
+            raise PipelineError(
+                f"The {identity.kind} writer was given SOP Instance {identity.sop_instance_uid} but wrote other UIDs to "
+                f"{path}; refusing to queue it (it could never be found again in the PACS)."
+            )
+        return path
 
     # -- storing --------------------------------------------------------------------------------------------
     def flush(self, study_uid: str) -> list[dict[str, Any]]:
