@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 from monai.networks.layers import GaussianFilter
 
-__all__ = ["BACKGROUNDS", "make_background", "is_random_background"]
+__all__ = ["BACKGROUNDS", "make_background", "is_random_background", "blur", "channel_mean"]
 
 Generators = Sequence[torch.Generator]
 
@@ -27,6 +27,11 @@ def _channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     flat = x.reshape(*x.shape[:2], -1)
     shape = (*x.shape[:2], *([1] * (x.ndim - 2)))
     return flat.mean(-1).reshape(shape), flat.std(-1, unbiased=False).reshape(shape)
+
+
+def channel_mean(x: torch.Tensor) -> torch.Tensor:
+    """Each case/channel's mean of ``x`` ``(B, C, *spatial)``, shaped ``(B, C, 1, ...)`` to broadcast."""
+    return _channel_stats(x)[0]
 
 
 def _per_case(x: torch.Tensor, gens: Generators, draw: Callable[[torch.Tensor, torch.Generator], torch.Tensor]):
@@ -55,17 +60,30 @@ def gaussian_noise(x: torch.Tensor, gens: Generators) -> torch.Tensor:
     return _per_case(x, gens, draw)
 
 
-def blurred(x: torch.Tensor, gens: Generators, sigma: float | None = None) -> torch.Tensor:
-    """A Gaussian-blurred copy of the image (``sigma`` in voxels; default 1/16 of the smallest side)."""
+def blur(x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
+    """A Gaussian-blurred copy of ``x`` ``(B, C, *spatial)``; ``sigma`` in voxels (default 1/16 of the smallest side).
+
+    MONAI's ``GaussianFilter`` pads with zeros, which darkens the border (a constant image keeps
+    only about half its value in the corners). Dividing by the blurred image of ones (normalised
+    convolution) weights each output by the kernel mass that fell inside the image, so a constant
+    image stays exactly constant and the border is not a dark frame the classifier never saw.
+    """
     sigma = sigma if sigma is not None else max(1.0, min(x.shape[2:]) / 16)
-    return GaussianFilter(x.ndim - 2, sigma=sigma).to(x.device)(x)
+    gaussian = GaussianFilter(x.ndim - 2, sigma=sigma).to(x.device)
+    ones = torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
+    return gaussian(x) / gaussian(ones).clamp_min(1e-6)
+
+
+def blurred(x: torch.Tensor, gens: Generators, sigma: float | None = None) -> torch.Tensor:
+    """A Gaussian-blurred copy of the image (:func:`blur`; ``gens`` unused: it is not random)."""
+    return blur(x, sigma)
 
 
 def constant(x: torch.Tensor, gens: Generators, value: float | None = None) -> torch.Tensor:
     """A constant image: ``value``, or each case/channel's mean when None."""
     if value is not None:
         return torch.full_like(x, float(value))
-    return _channel_stats(x)[0].expand_as(x).clone()
+    return channel_mean(x).expand_as(x).clone()
 
 
 def shuffled_patches(x: torch.Tensor, gens: Generators, patch: int | None = None) -> torch.Tensor:

@@ -7,7 +7,7 @@ from torch import nn
 
 from medcam_monai import EarlyStopping, Explanation, MedCAM
 from medcam_monai.hooks import LayerNotFoundError
-from medcam_monai.medcam import LOSS_TERMS, MaskedInputError
+from medcam_monai.medcam import LOSS_TERMS, MaskedInputError, make_fill
 
 from _model_guard import assert_unchanged, snapshot
 
@@ -38,26 +38,40 @@ def fast(model, **kw):
 def test_result_holds_everything_the_issue_lists():
     model = small_cnn()
     x = torch.rand(2, 1, 32, 32)
-    ex = fast(model, steps=6, threshold=0.4)(x)
+    ex = fast(model, steps=6)(x)
     assert isinstance(ex, Explanation) and ex.kind == "mask" and ex.method == "medcam"
     assert ex.map.shape == (2, 1, 32, 32) and ex.soft_map.shape == (2, 1, 32, 32)
     assert set(ex.map.unique().tolist()) <= {0.0, 1.0}
-    assert torch.equal(ex.map, (ex.soft_map > 0.4).float())
-    assert torch.allclose(ex.evidence, ex.soft_map * x)
+    # the reported mask is a top-k of the soft mask: every kept pixel ranks above every removed one
+    for i in range(2):
+        kept, removed = ex.soft_map[i][ex.map[i] > 0], ex.soft_map[i][ex.map[i] == 0]
+        assert len(kept) and (not len(removed) or kept.min() >= removed.max())
+    # the evidence is the mask over the fill: [0, 1] images are not mean-normalised, so "auto" is the blur
+    assert ex.settings["fill"] == "auto" and ex.settings["fill_used"] == "blur"
+    assert torch.allclose(ex.evidence, ex.map * x + (1 - ex.map) * make_fill(x, "blur"))
     assert ex.target.shape == (2, 1)
     assert torch.equal(ex.target[:, 0], model.eval()(x).argmax(1))
-    for key in ("prob_x", "prob_e", "prob_e_binary", "prob_rob", "area_fraction", "decision_kept"):
+    for key in ("prob_x", "prob_e", "prob_e_soft", "prob_rob", "area_fraction", "decision_kept", "sufficient"):
         assert ex.scores[key].shape == (2,), key
     for key in ("probs_x", "probs_e", "probs_rob"):
         assert ex.scores[key].shape == (2, 3)
         assert torch.allclose(ex.scores[key].sum(1), torch.ones(2), atol=1e-5)
     assert torch.allclose(ex.scores["area_fraction"], ex.map.flatten(1).mean(1))
-    assert set(ex.history) == set(LOSS_TERMS)
-    assert all(v.shape == (6, 2) and torch.isfinite(v).all() for v in ex.history.values())
-    assert ex.steps.tolist() == [6, 6] and ex.stop_reason == ["max_steps", "max_steps"]
+    assert set(LOSS_TERMS) <= set(ex.history)
+    assert all(ex.history[k].shape == (6, 2) and torch.isfinite(ex.history[k]).all() for k in (*LOSS_TERMS, "margin"))
+    assert ex.steps.tolist() == [6, 6] and all(r.startswith("max_steps (6): early stopping off") for r in ex.stop_reason)
+    # classifier passes: per step e and the robustness image with a backward, plus the selection's probes
+    assert ex.scores["backward_images"].tolist() == [12, 12]
+    assert bool((ex.scores["forward_images"] > 12).all())
     assert ex.seconds > 0
     records = ex.to_records()
     assert len(records) == 2 and records[0]["steps"] == 6 and "prob_e" in records[0]["scores"]
+
+
+def test_threshold_selection_is_the_papers_rule():
+    x = torch.rand(2, 1, 32, 32)
+    ex = fast(small_cnn(), steps=6, threshold=0.4, select="threshold")(x)
+    assert torch.equal(ex.map, (ex.soft_map > 0.4).float())
 
 
 def test_total_loss_is_the_weighted_sum_of_terms():
@@ -128,6 +142,16 @@ def test_bad_inputs_get_clear_errors():
         MedCAM(model, distance="l2")
     with pytest.raises(ValueError, match="background must be one of"):
         MedCAM(model, background="noise")
+    with pytest.raises(ValueError, match="fill must be one of"):
+        MedCAM(model, fill="black")
+    with pytest.raises(ValueError, match="decision must be one of"):
+        MedCAM(model, decision="hinge")
+    with pytest.raises(ValueError, match="select must be one of"):
+        MedCAM(model, select="all")
+    with pytest.raises(ValueError, match="init_mask must be in"):
+        MedCAM(model, init_mask=1.0)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        fast(model, fill=torch.zeros(2))(torch.rand(1, 1, 16, 16))
 
 
 def test_explicit_target_class_is_explained():
@@ -145,15 +169,15 @@ def test_seeded_runs_are_reproducible_and_seeds_matter():
     a = fast(model, seed=3, background="gaussian")(x)
     b = fast(model, seed=3, background="gaussian")(x)
     c = fast(model, seed=4, background="gaussian")(x)
-    assert torch.equal(a.soft_map, b.soft_map)
-    assert all(torch.equal(a.history[k], b.history[k]) for k in a.history)
+    assert torch.equal(a.soft_map, b.soft_map) and torch.equal(a.map, b.map)
+    assert all(torch.allclose(a.history[k], b.history[k], rtol=0, atol=0, equal_nan=True) for k in a.history)
     assert not torch.equal(a.soft_map, c.soft_map)
 
 
 def test_batched_results_equal_one_at_a_time():
     model = small_cnn()
     x = torch.rand(3, 1, 16, 16)
-    stop = EarlyStopping(min_steps=4, check_every=2, patience=1, mask_change=1.0, require_robust=False)
+    stop = EarlyStopping(min_steps=4, check_every=2, patience=1, shrink_tol=0.5, bind_tol=100.0)
     batched = MedCAM(model, steps=8, early_stopping=stop, background="shuffle")(x)
     for i in range(3):
         alone = MedCAM(model, steps=8, early_stopping=stop, background="shuffle")(x[i : i + 1])
@@ -167,29 +191,17 @@ def test_batched_results_equal_one_at_a_time():
 def test_early_stopping_reports_why_and_stops_cases_independently():
     model = small_cnn()
     x = torch.rand(2, 1, 16, 16)
-    # settles as soon as possible: decision kept (whatever it is) and any mask change allowed
-    loose = EarlyStopping(min_steps=4, check_every=2, patience=1, mask_change=1.0, require_robust=False)
+    # settles at the second check whatever the masks (any area counts as stable, any log-odds bind)
+    loose = EarlyStopping(min_steps=4, check_every=2, patience=1, shrink_tol=0.99, bind_tol=1e9)
     ex = MedCAM(model, steps=50, early_stopping=loose)(x)
-    kept = ex.scores["decision_kept"]
     for i in range(2):
-        if ex.steps[i] < 50:
-            assert ex.stop_reason[i].startswith("converged: decision kept")
-    assert int(ex.steps.min()) == 4 or not bool(kept.any())
-    never = EarlyStopping(min_steps=4, check_every=2, patience=1, mask_change=0.0)
+        if bool(ex.scores["sufficient"][i]):
+            assert ex.steps[i] == 6 and ex.stop_reason[i].startswith("converged: smallest sufficient mask"), ex.stop_reason[i]
+        else:  # a case without a sufficient mask smaller than the image is never converged
+            assert ex.steps[i] == 50 and "no sufficient mask smaller than the whole image" in ex.stop_reason[i]
+    never = EarlyStopping(min_steps=4, check_every=2, patience=1, shrink_tol=0.0, bind_tol=0.0)
     ex = MedCAM(model, steps=6, early_stopping=never, lr=0.5)(x)
     assert ex.history["total"].shape[0] <= 6
-
-
-def test_mask_change_is_one_minus_iou():
-    from medcam_monai.medcam.explainer import _mask_change
-
-    a = torch.zeros(8, 8, dtype=torch.bool)
-    b = a.clone()
-    a[:2, :4] = True  # 8 pixels
-    b[:2, 2:6] = True  # 8 pixels, 4 shared: IoU 4 / 12
-    assert _mask_change(a, b) == pytest.approx(1 - 4 / 12)
-    assert _mask_change(a, a) == 0.0
-    assert _mask_change(torch.zeros_like(a), torch.zeros_like(a)) == 0.0
 
 
 def test_warm_start_starts_from_a_trained_unet():

@@ -80,8 +80,10 @@ def test_presets_match_the_paper_and_override():
         LossWeights.preset("idrid")
     with pytest.raises(ValueError, match="must be a number >= 0"):
         LossWeights(area=-1)
-    with pytest.raises(ValueError, match="mask_change"):
-        EarlyStopping(mask_change=2)
+    with pytest.raises(ValueError, match="shrink_tol"):
+        EarlyStopping(shrink_tol=1.5)
+    with pytest.raises(ValueError, match="adapt"):
+        EarlyStopping(adapt=0.5)
 
 
 @pytest.mark.parametrize("kind", sorted(BACKGROUNDS))

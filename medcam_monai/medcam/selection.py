@@ -1,0 +1,141 @@
+"""From a soft mask to the binary mask Med-CAM reports: the smallest top-k that keeps the decision.
+
+Thresholding the soft mask (``m > 0.5``, the paper's rule) reports whatever area the optimiser
+happened to reach: on a saturated classifier that is often far more than needed, sometimes less
+than enough. Instead, the pixels are ranked by the soft mask and the binary mask is the smallest
+top-k whose evidence ``k * x + (1 - k) * b`` keeps the decision (argmax is the target and the
+target's log-odds reach ``need``) on the fill ``b`` and over the robustness background ``r``.
+
+Areas are searched on a geometric grid (steps of sqrt(2) from 0.1% of the image), by bisection
+along the grid (sufficiency is taken to grow with the area along one ranking: about 5 probes of
+one image per case), then refined by bisection between the last insufficient and the first
+sufficient grid area. The whole image is the last candidate: its evidence is ``x`` itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from medcam_monai.medcam.losses import logit_margin
+
+__all__ = ["AREA_GRID", "Selection", "smallest_sufficient", "thresholded"]
+
+AREA_GRID = tuple(0.001 * 2 ** (i / 2) for i in range(19))  # 0.1% .. 51%, steps of sqrt(2)
+
+Logits = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Selection:
+    """The selected binary masks ``(K, 1, *spatial)``, their pixel counts ``(K,)``, whether each is
+    sufficient and smaller than the whole image ``(K,)``, and the classifier images it took."""
+
+    def __init__(self, binary: torch.Tensor, counts: torch.Tensor, sufficient: torch.Tensor, probes: torch.Tensor):
+        self.binary, self.counts, self.sufficient, self.probes = binary, counts, sufficient, probes
+
+    @property
+    def area(self) -> torch.Tensor:
+        return self.counts.float() / self.binary[0].numel()
+
+
+def _keeps(logits: torch.Tensor, target: torch.Tensor, need: torch.Tensor | None) -> torch.Tensor:
+    ok = logits.argmax(1) == target
+    if need is not None:
+        ok &= logit_margin(logits, target) >= need
+    return ok
+
+
+def _top(ranks: torch.Tensor, counts: torch.Tensor, shape) -> torch.Tensor:
+    return (ranks < counts[:, None]).to(torch.float32).view(len(counts), 1, *shape)
+
+
+@torch.no_grad()
+def smallest_sufficient(
+    logits_of: Logits,
+    x: torch.Tensor,
+    soft: torch.Tensor,
+    b: torch.Tensor,
+    r: torch.Tensor,
+    target: torch.Tensor,
+    need: torch.Tensor | None = None,
+    threshold: float = 0.5,
+    refine: int = 0,
+    grid=AREA_GRID,
+) -> Selection:
+    """The smallest sufficient top-k of ``soft`` per case.
+
+    Args:
+        logits_of: the classifier, ``(N, C, *spatial) -> (N, num_classes)`` logits.
+        x: images ``(K, C, *spatial)``; ``soft``: soft masks ``(K, 1, *spatial)``.
+        b: the evidence fill ``(K, C, *spatial)``; ``r``: the robustness background (same shape).
+        target: ``(K,)`` classes; ``need``: ``(K,)`` log-odds the evidence on the fill must reach.
+        threshold: the soft mask's thresholded area is one more candidate.
+        refine: bisection rounds between the last insufficient and the first sufficient grid area.
+        grid: candidate areas (fractions of the image).
+    """
+    k, shape = x.shape[0], x.shape[2:]
+    flat = soft.reshape(k, -1).float()
+    n = flat.shape[1]
+    order = torch.sort(flat, dim=1, descending=True, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(n, device=x.device).expand(k, n).contiguous())
+    fixed = sorted({max(1, min(n, round(a * n))) for a in grid} | {n})
+    at_threshold = (flat > threshold).sum(1).clamp(1, n)
+    cands = torch.cat([torch.tensor(fixed, device=x.device).expand(k, -1), at_threshold[:, None]], 1).sort(1).values
+    last = cands.shape[1] - 1
+    probes = torch.zeros(k, dtype=torch.long)
+
+    def probe(rows: torch.Tensor, counts: torch.Tensor, over: torch.Tensor) -> torch.Tensor:
+        masks = _top(ranks[rows], counts, shape)
+        logits = logits_of(masks * x[rows] + (1 - masks) * over[rows])
+        probes[rows.cpu()] += 1
+        return _keeps(logits, target[rows], need[rows] if need is not None and over is b else None)
+
+    # bisection along the grid on the fill (the whole image, the last candidate, is not probed)
+    lo = torch.zeros(k, dtype=torch.long, device=x.device)
+    hi = torch.full((k,), last, dtype=torch.long, device=x.device)
+    while bool((lo < hi).any()):
+        rows = torch.nonzero(lo < hi).flatten()
+        mid = (lo[rows] + hi[rows]) // 2
+        ok = probe(rows, cands[rows, mid], b)
+        hi[rows] = torch.where(ok, mid, hi[rows])
+        lo[rows] = torch.where(ok, lo[rows], mid + 1)
+    # the robustness background is checked once, on the found area, moving up the grid until it holds
+    pending = torch.nonzero(hi < last).flatten()
+    while len(pending):
+        ok = probe(pending, cands[pending, hi[pending]], r)
+        hi[pending[~ok]] += 1
+        pending = pending[~ok & (hi[pending] < last)]
+    counts = cands.gather(1, hi[:, None])[:, 0]
+    # refine between the last insufficient candidate and the found one, on both backgrounds
+    low = torch.where(hi > 0, cands.gather(1, (hi - 1).clamp_min(0)[:, None])[:, 0], torch.zeros_like(counts))
+    for _ in range(refine):
+        rows = torch.nonzero((counts - low > 1) & (counts < n)).flatten()
+        if not len(rows):
+            break
+        mid = (low[rows] + counts[rows]) // 2
+        ok = probe(rows, mid, b) & probe(rows, mid, r)
+        counts[rows] = torch.where(ok, mid, counts[rows])
+        low[rows] = torch.where(ok, low[rows], mid)
+    return Selection(_top(ranks, counts, shape), counts.cpu(), (counts < n).cpu(), probes)
+
+
+@torch.no_grad()
+def thresholded(
+    logits_of: Logits,
+    x: torch.Tensor,
+    soft: torch.Tensor,
+    b: torch.Tensor,
+    r: torch.Tensor,
+    target: torch.Tensor,
+    need: torch.Tensor | None = None,
+    threshold: float = 0.5,
+) -> Selection:
+    """The paper's ``m > threshold``, with whether it keeps the decision (as :func:`smallest_sufficient`)."""
+    k = x.shape[0]
+    binary = (soft > threshold).float()
+    logits = logits_of(torch.cat([binary * x + (1 - binary) * b, binary * x + (1 - binary) * r]))
+    ok = _keeps(logits[:k], target, need) & _keeps(logits[k:], target, None)
+    counts = binary.reshape(k, -1).sum(1).long()
+    return Selection(binary, counts.cpu(), (ok & (counts < binary[0].numel())).cpu(), torch.full((k,), 2))

@@ -1,0 +1,125 @@
+"""Known answers for Med-CAM's smallest-sufficient selection, the decision losses and the stopping rule."""
+
+import math
+
+import pytest
+import torch
+
+from medcam_monai.medcam import EarlyStopping, losses
+from medcam_monai.medcam.selection import smallest_sufficient, thresholded
+from medcam_monai.medcam.stopping import CaseProgress
+
+REGION = (slice(4, 8), slice(4, 8))  # 16 pixels of a 16 x 16 image
+
+
+def region_classifier(t: torch.Tensor) -> torch.Tensor:
+    """Class 0 with log-odds ``20 * f - 10``, ``f`` the mean of the image over the region (else class 1)."""
+    f = t[:, 0][(slice(None), *REGION)].mean(dim=(1, 2))
+    return torch.stack([20 * f - 10, torch.zeros_like(f)], 1)
+
+
+def case():
+    x = torch.zeros(1, 1, 16, 16)
+    x[(0, 0, *REGION)] = 1.0
+    soft = torch.full_like(x, 0.1)
+    soft[(0, 0, *REGION)] = torch.linspace(0.9, 0.6, 16).view(4, 4)  # ranks the region first
+    return x, soft
+
+
+def test_smallest_sufficient_finds_the_exact_minimum_along_the_ranking():
+    x, soft = case()
+    target = torch.tensor([0])
+    need = torch.tensor([math.log(0.9 / 0.1)])  # p >= 0.9: log-odds 2.197
+    # 10 of 16 region pixels: 20 * 10/16 - 10 = 2.5 >= 2.197; 9 of 16: 1.25 < 2.197
+    sel = smallest_sufficient(region_classifier, x, soft, torch.zeros_like(x), torch.zeros_like(x), target, need, refine=2)
+    assert int(sel.counts[0]) == 10 and bool(sel.sufficient[0])
+    expected = (soft >= soft[(0, 0, *REGION)].flatten().sort(descending=True).values[9]).float()
+    assert torch.equal(sel.binary, expected)
+    assert math.isclose(float(sel.area[0]), 10 / 256)
+    # without refinement the answer is the first sufficient grid area (12 pixels), never an insufficient one
+    coarse = smallest_sufficient(region_classifier, x, soft, torch.zeros_like(x), torch.zeros_like(x), target, need)
+    assert int(coarse.counts[0]) == 12
+    assert int(coarse.probes[0]) <= 6  # bisection: a handful of probes, not one per candidate
+
+
+def test_robustness_background_moves_the_selection_up():
+    x, soft = case()
+    target, need = torch.tensor([0]), torch.tensor([0.5])
+    zeros = torch.zeros_like(x)
+    # over the fill, 12 pixels (the first grid area with 20 * k/16 - 10 >= 0.5) keep class 0; over a
+    # background of -2 the removed region pixels count against it: (3k - 32) / 16 > 1/2 needs k >= 14,
+    # so the selection moves up to the next grid area, 16
+    sel = smallest_sufficient(region_classifier, x, soft, zeros, zeros - 2.0, target, need)
+    assert int(sel.counts[0]) == 16
+    assert int(smallest_sufficient(region_classifier, x, soft, zeros, zeros, target, need).counts[0]) == 12
+
+
+def test_no_sufficient_mask_reports_the_whole_image():
+    x, soft = case()
+    # log-odds of 50 are out of reach (x itself has 10): nothing smaller than the image is sufficient
+    sel = smallest_sufficient(region_classifier, x, soft, torch.zeros_like(x), torch.zeros_like(x), torch.tensor([0]),
+                              torch.tensor([50.0]))  # fmt: skip
+    assert int(sel.counts[0]) == 256 and not bool(sel.sufficient[0]) and bool((sel.binary == 1).all())
+
+
+def test_threshold_selection_reports_its_sufficiency():
+    x, soft = case()
+    sel = thresholded(region_classifier, x, soft, torch.zeros_like(x), torch.zeros_like(x), torch.tensor([0]), None, 0.5)
+    assert torch.equal(sel.binary, (soft > 0.5).float()) and bool(sel.sufficient[0])
+    sel = thresholded(region_classifier, x, soft, torch.zeros_like(x), torch.zeros_like(x), torch.tensor([0]), None, 0.79)
+    assert int(sel.counts[0]) == 6 and not bool(sel.sufficient[0])  # 6 of 16 region pixels: class 1
+
+
+def test_margin_is_the_log_odds_and_does_not_saturate():
+    z = torch.tensor([[9.0, 0.0, 0.0], [30.0, 0.0, 1.0]])
+    target = torch.tensor([0, 0])
+    p = torch.softmax(z.double(), 1)[:, 0]
+    assert torch.allclose(losses.logit_margin(z, target).double(), torch.log(p / (1 - p)), atol=1e-3)
+    assert float(torch.softmax(z, 1)[1, 0]) == 1.0  # in float32 the probability itself has saturated
+    assert float(losses.logit_margin(z, target)[1]) == pytest.approx(30 - math.log(1 + math.e), abs=1e-4)
+    kappa = 5.0
+    hinge = losses.decision_loss("margin", z, target, kappa)
+    assert torch.equal(hinge, torch.zeros(2))  # both beyond kappa: no pressure
+    z_low = torch.tensor([[1.0, 0.0]])
+    assert losses.decision_loss("margin", z_low, torch.tensor([0]), kappa).item() == pytest.approx(4.0)
+    soft = losses.decision_loss("softmargin", z_low, torch.tensor([0]), kappa).item()
+    assert soft == pytest.approx(math.log1p(math.exp(4.0)))
+    ce = losses.decision_loss("ce", z_low, torch.tensor([0]), kappa).item()
+    assert ce == pytest.approx(math.log1p(math.exp(-1.0)))  # cross-entropy = softplus(-margin)
+    with pytest.raises(ValueError, match="decision must be one of"):
+        losses.decision_loss("hinge", z, target, kappa)
+
+
+RULE = EarlyStopping(min_steps=20, check_every=10, patience=2, shrink_tol=0.05, bind_tol=2.0, adapt=2.0, max_adapt=8.0)
+
+
+def test_stopping_converges_once_the_mask_stops_shrinking_and_agrees():
+    case = CaseProgress(RULE, steps=100)
+    assert not case.check(0.10, True, 8.0, 2.2, 0.10)  # first check: nothing to compare with
+    assert not case.check(0.05, True, 8.0, 2.2, 0.05)
+    assert not case.check(0.02, True, 8.0, 2.2, 0.02)  # still shrinking
+    assert "still shrinking" in case.reason
+    assert not case.check(0.02, True, 8.0, 2.2, 0.02)  # stable for one check only
+    assert case.check(0.02, True, 8.0, 2.2, 0.03)  # stable over two checks, the soft mask agrees
+    assert case.converged and case.reason.startswith("converged: smallest sufficient mask 2.00%")
+
+
+def test_stopping_never_calls_an_unshrunk_uniform_mask_converged():
+    case = CaseProgress(RULE, steps=100)
+    # a uniform soft mask (nothing above the threshold) whose top-64% keeps the decision with slack
+    results = [case.check(0.64, True, 9.0, 2.2, 0.0) for _ in range(6)]
+    assert not any(results) and not case.converged
+    assert case.scale == 8.0  # the minimality weight was raised (x2 per stable check, up to max_adapt)
+    assert "keeps the decision with slack" in case.reason and case.reason.startswith("max_steps (100)")
+
+
+def test_stopping_binding_decision_converges_and_lost_decision_lowers_minimality():
+    case = CaseProgress(RULE, steps=100)
+    for _ in range(2):
+        case.check(0.3, True, 3.0, 2.2, 0.9)
+    assert case.check(0.3, True, 3.0, 2.2, 0.9)  # the soft mask disagrees, but its decision binds
+    assert "binds" in case.reason
+    lost = CaseProgress(RULE, steps=100)
+    for _ in range(4):
+        assert not lost.check(1.0, False, -8.0, 2.2, 0.0)
+    assert lost.scale == 1 / 8 and "loses the decision" in lost.reason and "no sufficient mask" in lost.reason
