@@ -110,14 +110,25 @@ def shuffled_patches(x: torch.Tensor, gens: Generators, patch: int | None = None
     return out
 
 
+def shuffled_blur(x: torch.Tensor, gens: Generators, patch: int | None = None, sigma: float | None = None) -> torch.Tensor:
+    """A blurred copy of the image's shuffled patches: a new in-distribution context at every draw.
+
+    The patches keep the image's local intensities and textures, the shuffle moves them to new
+    places (as another image of the data set would), and the blur removes the fine detail, so a
+    piece of the evidence that lands elsewhere is not evidence there.
+    """
+    return blur(shuffled_patches(x, gens, patch), sigma)
+
+
 BACKGROUNDS: dict[str, Callable[..., torch.Tensor]] = {
     "blur": blurred,
+    "shuffle_blur": shuffled_blur,
     "uniform": uniform_noise,
     "gaussian": gaussian_noise,
     "constant": constant,
     "shuffle": shuffled_patches,
 }
-_RANDOM = {"uniform", "gaussian", "shuffle"}
+_RANDOM = {"uniform", "gaussian", "shuffle", "shuffle_blur"}
 
 
 def is_random_background(kind: str) -> bool:

