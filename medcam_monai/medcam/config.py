@@ -84,8 +84,9 @@ class EarlyStopping:
     minimality weight divided by ``adapt`` (down to ``1 / max_adapt``), so the decision term can
     grow the mask back onto the evidence. Every case reports its reason (``Explanation.stop_reason``).
 
-    A U-Net fitted across a data set (``MedCAM.fit``) or given as ``warm_start`` is checked once
-    after ``MedCAM.refine_steps`` steps and stops there if its mask is sufficient.
+    A U-Net fitted across a data set (``MedCAM.fit``) or given as ``warm_start`` is checked first
+    after ``MedCAM.refine_steps`` steps; the case stops there if its selected mask is sufficient, else
+    it continues under this rule.
     """
 
     min_steps: int = 20

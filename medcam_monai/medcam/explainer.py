@@ -111,7 +111,8 @@ class MedCAM:
         warm_start: a U-Net to start every case from: a ``state_dict`` (e.g. :meth:`unet_state`),
             or the path of a file written by :meth:`save_unet` (an amortised U-Net of :meth:`fit`).
         refine_steps: steps per case from a fitted or warm-started U-Net before its first check; a
-            case whose mask is sufficient then stops, the others continue up to ``steps``.
+            case whose selected mask is sufficient then stops, the others continue under
+            ``early_stopping`` up to ``steps``.
         amp: ``"bf16"`` to run the classifier and the U-Net under bfloat16 autocast (losses in fp32),
             or None for fp32.
         post_relu: apply ReLU to recorded activations (the paper matches post-ReLU activations).
@@ -471,6 +472,10 @@ class MedCAM:
                 if step > 0:
                     history["selected_area"][step - 1, i] = area
                 if warm and step == self.refine_steps and ok:
+                    # the fast path of amortised Med-CAM: the fitted U-Net's mask is trusted once it
+                    # is sufficient. (Requiring it to agree with its thresholded soft mask as well was
+                    # measured to send every case of the tests back to ~90 steps: a fitted U-Net's
+                    # masks are soft.) Its quality is the fit's: see docs/benchmarks.md.
                     progress[i].reason = (
                         f"amortised: the fitted U-Net and {step} refinement steps give a sufficient mask of "
                         f"{area:.2%} of the image"
@@ -629,7 +634,7 @@ class MedCAM:
                         loss.backward()
                         optimiser.step()
                         seen += len(xb)
-                        loss_sum += float(loss) * len(xb)
+                        loss_sum += float(loss.detach()) * len(xb)
                     if log is not None:
                         log(f"Med-CAM fit epoch {epoch + 1}/{epochs}: loss {loss_sum / max(seen, 1):.3f} ({time.perf_counter() - start:.0f} s)")
         self.warm_start = {k: v.detach().clone() for k, v in unet.state_dict().items()}
