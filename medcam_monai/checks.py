@@ -259,7 +259,7 @@ def _is_constant(value: Any) -> bool | None:
     return bool(t.min() == t.max())
 
 
-def first_constant_step(transforms: Sequence[Callable], data: Mapping, key: str = "image") -> str:
+def first_constant_step(transforms: Sequence[Callable], data: Mapping, key: str = "image") -> tuple[int | None, str]:
     """Re-run ``transforms`` one by one on ``data`` and say which one made ``data[key]`` constant.
 
     Args:
@@ -268,8 +268,9 @@ def first_constant_step(transforms: Sequence[Callable], data: Mapping, key: str 
         key: the image's key.
 
     Returns:
-        One sentence naming the transform (its class and settings) and the value range before it,
-        or saying that the source image itself is constant; empty when it cannot tell.
+        The index of that transform (None when the source itself is constant or it cannot tell) and one
+        sentence naming it (its class and settings) and the value range before it, or saying that the
+        source image itself is constant; empty when it cannot tell.
     """
     d: Any = dict(data)
     before = None
@@ -277,7 +278,7 @@ def first_constant_step(transforms: Sequence[Callable], data: Mapping, key: str 
         try:
             d = t(d)
         except Exception:  # noqa: BLE001 - a diagnosis only: the caller reports the constant input itself
-            return ""
+            return None, ""
         value = d.get(key) if isinstance(d, Mapping) else None
         if value is None:
             continue
@@ -292,16 +293,16 @@ def first_constant_step(transforms: Sequence[Callable], data: Mapping, key: str 
             settings.update({k: getattr(getattr(t, "scaler", None), k) for k in ("a_min", "a_max", "b_min", "b_max", "clip")
                              if hasattr(getattr(t, "scaler", None), k)})
             if before is None:
-                return f"The source image itself is constant (every value {float(v.min()):g}) when loaded by {name}."
+                return None, f"The source image itself is constant (every value {float(v.min()):g}) when loaded by {name}."
             detail = ", ".join(f"{k}={v_}" for k, v_ in settings.items())
-            return (
+            return i, (
                 f"It became constant at step {i} of the bundle's preprocessing, {name}({detail}): before it the values "
                 f"ranged {before[0]:g}..{before[1]:g} over shape {before[2]}. The image does not fit what the bundle "
                 f"expects (e.g. a 16-bit image into an 8-bit intensity window, or an image too small to resize): "
                 f"convert it to what the bundle was trained on, or override that step's settings."
             )
         before = (float(v.min()), float(v.max()), tuple(v.shape))
-    return ""
+    return None, ""
 
 
 def task_of_output(out: object, x_shape: Sequence[int]) -> str:

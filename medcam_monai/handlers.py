@@ -63,9 +63,12 @@ from medcam_monai.io.formats import case_id
 from medcam_monai.io.reference import SOURCE_META_KEY
 from medcam_monai.registry import TASKS, build_explainer, explainer_spec, methods_for
 
-__all__ = ["ExplanationHandler", "RecordStore", "OutputWriteError", "EmptyPixelSetError", "AUTO"]
+__all__ = ["ExplanationHandler", "RecordStore", "OutputWriteError", "EmptyPixelSetError", "AUTO", "SLICE_META_KEY", "network_task"]
 
 AUTO = "auto"  # explainer / writers chosen per bundle and input
+# meta of a slice taken from a volume for a 2D network (medcam_monai.bundle.inputs.SelectSliced):
+# its maps get the slice axis back so that writers place them in the volume
+SLICE_META_KEY = "medcam_slice"
 _NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
@@ -409,7 +412,7 @@ class ExplanationHandler:
         inferer = getattr(engine, "inferer", None)
         if name == AUTO:
             if self.task is None:
-                self.task = task_of_output(_probe(network, x, inferer), x.shape)
+                self.task = network_task(network, x, inferer)
             name = methods_for(self.task)[0]
         spec = explainer_spec(name)
         if self.pixels is not None and spec.task == CLASSIFICATION:
@@ -533,11 +536,14 @@ class ExplanationHandler:
 
     @staticmethod
     def _with_meta(case: Explanation, image: Any) -> Explanation:
-        """Give the case's maps the source image's metadata (affine, file name, applied operations)."""
+        """Give the case's maps the source image's metadata (affine, file name, applied operations); a
+        slice of a volume gets its slice axis back (its affine already places it in the volume)."""
         if not isinstance(image, MetaTensor):
             return case
+        sliced = SLICE_META_KEY in image.meta
         case.map, case.soft_map, case.evidence = (
-            None if t is None else like_input(image, t.cpu()) for t in (case.map, case.soft_map, case.evidence)
+            None if t is None else like_input(image, t.cpu()[..., None] if sliced else t.cpu())
+            for t in (case.map, case.soft_map, case.evidence)
         )
         return case
 
@@ -648,7 +654,7 @@ class ExplanationHandler:
         except ConstantInputError:
             source = _source_name(image)
             transforms = getattr(self.preprocessing, "transforms", None)
-            why = first_constant_step(transforms, {self.image_key: source}, self.image_key) if source and transforms else ""
+            why = first_constant_step(transforms, {self.image_key: source}, self.image_key)[1] if source and transforms else ""
             check_not_constant(x, name, why)
 
     def _empty_message(self, engine: Engine, case: Explanation, cid: str, x: torch.Tensor) -> str:
@@ -728,8 +734,10 @@ def _source_name(image: Any) -> str | None:
     return None if source is None else str(source)
 
 
-def _probe(network: nn.Module, x: torch.Tensor | None, inferer: Any) -> Any:
-    """The network's output on one case (one window of it under a sliding-window inferer), without gradients."""
+def network_task(network: nn.Module, x: torch.Tensor | None, inferer: Any = None) -> str:
+    """``"classification"`` or ``"segmentation"`` from the network's output on the first case of ``x``
+    ``(B, C, *spatial)`` (one window of it under a sliding-window inferer: enough to see the output's
+    form), without gradients."""
     from medcam_monai.cam.sliding import window_padding
 
     if x is None:
@@ -738,5 +746,6 @@ def _probe(network: nn.Module, x: torch.Tensor | None, inferer: Any) -> Any:
     if isinstance(inferer, SlidingWindowInferer):
         roi, pad = window_padding(x.shape[2:], inferer.roi_size)
         x = torch.nn.functional.pad(x, pad)[(slice(None), slice(None), *[slice(0, r) for r in roi])]
-    with torch.no_grad():
-        return unwrap_model(network)(x)
+    with gradients_enabled(), torch.no_grad():
+        out = unwrap_model(network)(x)
+    return task_of_output(out, x.shape)
