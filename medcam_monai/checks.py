@@ -29,6 +29,7 @@ __all__ = [
     "ConstantInputError",
     "check_image",
     "check_network_input",
+    "check_batch_axis",
     "network_input_spec",
     "check_not_constant",
     "first_constant_step",
@@ -45,15 +46,25 @@ SEGMENTATION = "segmentation"
 _AXES = {1: "(B, C, L)", 2: "(B, C, H, W)", 3: "(B, C, D, H, W)"}
 
 
-def check_image(x: torch.Tensor, spatial_dims: int | None = None, name: str = "image") -> int:
+def check_image(x: torch.Tensor, spatial_dims: int | None = None, name: str = "image", network: nn.Module | None = None) -> int:
     """Check a batch ``(B, C, *spatial)`` and return its number of spatial dimensions.
+
+    Args:
+        x: the batch.
+        spatial_dims: the expected number of spatial dims (None: 1 to 3).
+        name: what the input is called in messages.
+        network: the network it goes into: its first layer's dims and channels are checked too
+            (:func:`check_network_input`), so a ``(C, H, W)`` image without batch axis is named as such.
 
     Raises:
         TypeError: not a tensor.
-        ValueError: empty batch, wrong number of dimensions, non-float dtype, NaN or Inf values.
+        ValueError: empty batch, wrong number of dimensions, non-float dtype, NaN or Inf values;
+            :class:`NetworkInputError` for an input the network does not take.
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"The {name} must be a torch.Tensor of shape (B, C, *spatial), got {type(x).__name__}.")
+    if network is not None:
+        check_batch_axis(network, x.shape, name=name)
     if spatial_dims is None:
         spatial_dims = x.ndim - 2
         if spatial_dims not in _AXES:
@@ -177,11 +188,29 @@ def network_input_spec(network: nn.Module) -> tuple[int | None, int | None]:
     return None, None
 
 
+def check_batch_axis(network: nn.Module, x_shape: Sequence[int], name: str = "image") -> None:
+    """Raise :class:`NetworkInputError` for one image ``(C, *spatial)`` given where a batch belongs: its
+    dims are one more than the network's spatial dims and its first axis is the network's ``in_channels``."""
+    dims, in_channels = network_input_spec(network)
+    shape = tuple(int(s) for s in x_shape)
+    if dims is not None and len(shape) == dims + 1 and shape[0] == in_channels:
+        raise NetworkInputError(
+            f"The {name} has shape {shape} but the network takes batches (B, C, *spatial) of {dims}D images with "
+            f"{in_channels} channel(s): it has no batch axis. Add it: x[None] (shape {(1, *shape)}).",
+            "batch",
+        )
+
+
 def check_network_input(network: nn.Module, x_shape: Sequence[int], batched: bool = True, name: str = "image") -> None:
-    """Raise :class:`NetworkInputError` when an input of shape ``x_shape`` cannot go into ``network``.
+    """Raise :class:`NetworkInputError` when an input of shape ``x_shape`` does not fit the network's first
+    convolution (its spatial dims and ``in_channels``), naming the fix.
+
+    The first convolution is the first one registered, which is the input layer of the usual
+    families (MONAI, timm, torchvision) but not of every network: use it to explain a failure of
+    the network on an input (as :func:`medcam_monai.handlers.check_network_takes` does), not to refuse one.
 
     Args:
-        network: the network (DDP unwrapped by the caller or not: its modules are read).
+        network: the network (its modules are read).
         x_shape: ``(B, C, *spatial)`` (``batched``) or ``(C, *spatial)`` of one case.
         batched: whether ``x_shape`` has the batch axis.
         name: what the input is called in messages.
@@ -190,14 +219,10 @@ def check_network_input(network: nn.Module, x_shape: Sequence[int], batched: boo
     dims, in_channels = network_input_spec(network)
     if dims is None:
         return
+    if batched:
+        check_batch_axis(network, shape, name)
     case = shape[1:] if batched else shape
     spatial = case[1:]
-    if batched and len(shape) == dims + 1 and shape[0] == in_channels:
-        raise NetworkInputError(
-            f"The {name} has shape {shape} but the network takes batches (B, C, *spatial) of {dims}D images with "
-            f"{in_channels} channel(s): it has no batch axis. Add it: x[None] (shape {(1, *shape)}).",
-            "batch",
-        )
     if len(spatial) != dims:
         if dims == 2 and len(spatial) == 3:
             raise NetworkInputError(

@@ -140,8 +140,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         bundle_loader=args.bundle_loader, wsi=WSIRegion(args.wsi_level, tuple(args.wsi_location), args.wsi_size),
         volume=args.volume, slice=args.slice, rgb=args.rgb, grey=args.grey, nan_to_num=args.nan_to_num,
     )
+    writers = [] if args.writers == ["none"] else args.writers
     result = explain_with_bundle(
-        bundle, output, root=args.bundle_root, datalist=datalist, writers=args.writers, weights=args.weights,
+        bundle, output, root=args.bundle_root, datalist=datalist, writers=writers, weights=args.weights,
         steps=args.steps, target=args.target, layer=args.layer, image_size=args.image_size, method=args.method,
         pixels=args.pixels, inputs=inputs, overrides=overrides, fail_fast=args.fail_fast,
     )
@@ -259,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="outputs", help="output folder (default: ./outputs)")
     p.add_argument("--bundle-root", help="folder holding models/model.pt (default: the bundle folder)")
     p.add_argument("--weights", help="a state dict of the bundle's network (default: what the bundle's CheckpointLoader loads)")
-    p.add_argument("--writers", nargs="+", help="output formats (default by input: DICOM -> dicom_seg parametric_map ...)")
+    p.add_argument("--writers", nargs="+",
+                   help="output formats (default by input: DICOM -> dicom_seg parametric_map ...); none: the records only")
     p.add_argument("--method", choices=sorted(EXPLAINERS),
                    help="explainer (default: medcam for classifiers, seg_hires_grad_cam for segmentation networks)")
     p.add_argument("--steps", type=int, help="Med-CAM optimisation steps")

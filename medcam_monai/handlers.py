@@ -57,13 +57,22 @@ from medcam_monai.checks import (
 )
 from medcam_monai.errors import InputError
 from medcam_monai.explanation import Explanation, like_input, to_json_value
-from medcam_monai.hooks import gradients_enabled, resolve_layer, unwrap_model
+from medcam_monai.hooks import frozen, gradients_enabled, resolve_layer, unwrap_model
 from medcam_monai.io.atomic import atomic_path, check_writable_dir
 from medcam_monai.io.formats import case_id
 from medcam_monai.io.reference import SOURCE_META_KEY
 from medcam_monai.registry import TASKS, build_explainer, explainer_spec, methods_for
 
-__all__ = ["ExplanationHandler", "RecordStore", "OutputWriteError", "EmptyPixelSetError", "AUTO", "SLICE_META_KEY", "network_task"]
+__all__ = [
+    "ExplanationHandler",
+    "RecordStore",
+    "OutputWriteError",
+    "EmptyPixelSetError",
+    "AUTO",
+    "SLICE_META_KEY",
+    "network_task",
+    "check_network_takes",
+]
 
 AUTO = "auto"  # explainer / writers chosen per bundle and input
 # meta of a slice taken from a volume for a 2D network (medcam_monai.bundle.inputs.SelectSliced):
@@ -367,6 +376,7 @@ class ExplanationHandler:
         self.all_failures: list[dict] = []
         self._ids: set[str] = set()
         self._masks: dict[str, Any] = {}
+        self._shapes_ok: set[tuple[int, int]] = set()
 
     # -- configuration --------------------------------------------------------------------------
     @staticmethod
@@ -437,11 +447,14 @@ class ExplanationHandler:
 
     # -- per iteration ----------------------------------------------------------------------------
     def _check_batch(self, engine: Engine) -> None:
-        """The batch against the network's first layer, before the network raises a torch error on it."""
+        """Before the evaluator's forward: a batch of a new shape is tried on the network (one window,
+        no gradients), so an input it cannot take is an error naming shape and channels, not a torch one."""
         batch = engine.state.batch
         image = batch.get(self.image_key) if isinstance(batch, Mapping) else None
-        if isinstance(image, torch.Tensor):
-            check_network_input(unwrap_model(self._network(engine)), image.shape)
+        if isinstance(image, torch.Tensor) and (image.shape[1], image.ndim) not in self._shapes_ok:
+            x = torch.as_tensor(image[:1]).float().to(self._device(engine))
+            check_network_takes(self._network(engine), x, getattr(engine, "inferer", None), name=f"batch {tuple(image.shape)}")
+            self._shapes_ok.add((image.shape[1], image.ndim))
 
     def _cases(self, engine: Engine) -> tuple[list[dict], list[dict]]:
         batch, output = engine.state.batch, engine.state.output
@@ -734,18 +747,40 @@ def _source_name(image: Any) -> str | None:
     return None if source is None else str(source)
 
 
+def _probe(network: nn.Module, x: torch.Tensor, inferer: Any = None) -> tuple[Any, tuple[int, ...]]:
+    """The network's output on the first case of ``x`` ``(B, C, *spatial)`` (one window of it under a
+    sliding-window inferer: enough to see the output's form) without gradients, and the shape it saw."""
+    from medcam_monai.cam.sliding import window_padding
+
+    x = x[:1]
+    if isinstance(inferer, SlidingWindowInferer) and x.ndim >= 3:
+        roi, pad = window_padding(x.shape[2:], inferer.roi_size)
+        x = torch.nn.functional.pad(x, pad)[(slice(None), slice(None), *[slice(0, r) for r in roi])]
+    with frozen(network) as net, gradients_enabled(), torch.no_grad():  # eval mode as the evaluator runs it, then restored
+        return net(x), tuple(x.shape)
+
+
+def check_network_takes(network: nn.Module, x: torch.Tensor, inferer: Any = None, name: str = "image") -> None:
+    """Try the network on ``x`` ``(B, C, *spatial)`` (one case, one window); when it fails, raise a
+    :class:`~medcam_monai.checks.NetworkInputError` naming the shape, what the network takes and the fix."""
+    from medcam_monai.checks import NetworkInputError
+
+    try:
+        _probe(network, x, inferer)
+    except Exception as e:  # noqa: BLE001 - explained below, the torch error kept in the message
+        check_network_input(unwrap_model(network), x.shape, name=name)
+        raise NetworkInputError(
+            f"The network fails on the {name} of shape {tuple(x.shape)} (batch, channels, spatial): "
+            f"{type(e).__name__}: {e}",
+            "network",
+        ) from None
+
+
 def network_task(network: nn.Module, x: torch.Tensor | None, inferer: Any = None) -> str:
     """``"classification"`` or ``"segmentation"`` from the network's output on the first case of ``x``
     ``(B, C, *spatial)`` (one window of it under a sliding-window inferer: enough to see the output's
     form), without gradients."""
-    from medcam_monai.cam.sliding import window_padding
-
     if x is None:
         raise ValueError("The task cannot be found without an input: pass task= or metadata=.")
-    x = x[:1]
-    if isinstance(inferer, SlidingWindowInferer):
-        roi, pad = window_padding(x.shape[2:], inferer.roi_size)
-        x = torch.nn.functional.pad(x, pad)[(slice(None), slice(None), *[slice(0, r) for r in roi])]
-    with gradients_enabled(), torch.no_grad():
-        out = unwrap_model(network)(x)
-    return task_of_output(out, x.shape)
+    out, shape = _probe(network, x, inferer)
+    return task_of_output(out, shape)

@@ -221,16 +221,17 @@ def explain_with_bundle(
 
         check_weights_file(weights)
     network = build_item(workflow, "network_def" if "network_def" in raw else "network", folder)
+    inferer_id = reference(config_get(raw, "evaluator#inferer")) or "evaluator#inferer"
+    inferer = build_item(workflow, inferer_id, folder) if inferer_id in workflow.parser else None
     failures: list[CaseFailure] = []
     first = None
     if datalist is not None and place.transforms_id is not None:
         preprocessing = build_item(workflow, place.transforms_id.rsplit("#", 1)[0], folder)
-        good, failures, first = check_cases(datalist, key, preprocessing, network, fail_fast, place.transforms_id)
+        good, failures, first = check_cases(datalist, key, preprocessing, network, fail_fast, place.transforms_id, inferer)
         workflow.parser[place.data_id] = good
-    inferer_id = reference(config_get(raw, "evaluator#inferer")) or "evaluator#inferer"
     task = task_of_metadata(read_metadata(folder))
     if task is None and first is not None:
-        task = network_task(network, first[None], build_item(workflow, inferer_id, folder) if inferer_id in workflow.parser else None)
+        task = network_task(network, first[None], inferer)
     bundle_method = follow(raw, f"{handler}#explainer")[1]
     if method is not None:
         try:

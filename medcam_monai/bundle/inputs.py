@@ -256,7 +256,7 @@ def _reason(case: Mapping, key: str, error: BaseException) -> BaseException:
 
 def check_cases(
     cases: Sequence[dict], key: str, preprocessing: Any, network: torch.nn.Module | None, fail_fast: bool,
-    transforms_id: str | None = None,
+    transforms_id: str | None = None, inferer: Any = None,
 ) -> tuple[list[dict], list[CaseFailure], torch.Tensor | None]:
     """Run ``preprocessing`` on every case and check what the network would receive.
 
@@ -264,7 +264,8 @@ def check_cases(
         cases: datalist entries ``{key: path}``.
         key: the image key.
         preprocessing: the bundle's preprocessing (a MONAI ``Compose``).
-        network: the network (its first layer says what it takes); None skips that check.
+        network: the network, tried once per new (channels, dims) of an input (one window under a
+            sliding-window ``inferer``); None skips that check.
         fail_fast: raise the first problem instead of collecting it.
         transforms_id: the config id of the preprocessing's transform list, to name the override that
             changes a step's settings on the command line.
@@ -273,9 +274,11 @@ def check_cases(
         The cases that passed, the failures, and the network input of the first case that passed
         ``(C, *spatial)`` (to find the network's task from its output), or None.
     """
-    from medcam_monai.checks import ConstantInputError, check_image, check_network_input, check_not_constant, first_constant_step
+    from medcam_monai.checks import ConstantInputError, check_image, check_not_constant, first_constant_step
+    from medcam_monai.handlers import check_network_takes
 
     good, failures, first = [], [], None
+    shapes_ok: set[tuple[int, int]] = set()
     for case in cases:
         try:
             try:
@@ -283,9 +286,10 @@ def check_cases(
             except Exception as e:  # noqa: BLE001 - every failure of a case is reported with its file (MemoryError too)
                 raise _reason(case, key, e) from None
             name = f"image {case.get(key)}"
-            if network is not None:
-                check_network_input(network, x.shape, batched=False, name=name)
             x = torch.as_tensor(x)
+            if network is not None and (x.shape[0], x.ndim) not in shapes_ok:
+                check_network_takes(network, x[None].float(), inferer, name=name)
+                shapes_ok.add((x.shape[0], x.ndim))
             try:
                 check_image(x[None].float(), name=f"network input of {name}")
             except ValueError as e:
