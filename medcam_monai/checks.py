@@ -240,7 +240,7 @@ def check_network_input(network: nn.Module, x_shape: Sequence[int], batched: boo
     if channels != in_channels:
         if channels == 1 and in_channels == 3:
             fix, kind = "repeat the grey channel three times (on the command line: --rgb)", "rgb"
-        elif channels in (3, 4) and in_channels == 1:
+        elif channels in (3, 4) and in_channels == 1 and len(spatial) == 2:
             fix, kind = "average the colour channels to one grey channel (on the command line: --grey)", "grey"
         elif in_channels == 1:
             fix, kind = (f"it looks like a 4D image (volumes along the channel axis): choose one volume 0..{channels - 1} "

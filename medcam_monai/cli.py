@@ -144,16 +144,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
     result = explain_with_bundle(
         bundle, output, root=args.bundle_root, datalist=datalist, writers=writers, weights=args.weights,
         steps=args.steps, target=args.target, layer=args.layer, image_size=args.image_size, method=args.method,
-        pixels=args.pixels, inputs=inputs, overrides=overrides, fail_fast=args.fail_fast,
+        pixels=args.pixels, inputs=inputs, overrides=overrides,
+        fail_fast=args.fail_fast or bool(os.environ.get("MEDCAM_DEBUG")),  # debugging wants the first traceback
     )
     print_records(list(result), f"{len(result)} case(s) explained with {result.method} ({result.task} network); "
                                 f"records: {records_path(output)}")
     if result.failures:
-        print(f"\n{len(result.failures)} case(s) not explained (listed in {records_path(output).parent / 'failures.json'}):",
-              file=sys.stderr)
+        code = 2 if all(f.get("input_problem") for f in result.failures) else 1
+        if len(datalist) == 1:  # one input: one clear message
+            print(f"medcam-monai: error: {cli_message(result.failures[0]['error'], result.failures[0].get('error_type'))}",
+                  file=sys.stderr)
+            return code
+        print(f"\n{len(result.failures)} of {len(datalist)} case(s) not explained (listed in "
+              f"{records_path(output).parent / 'failures.json'}; the others are done):", file=sys.stderr)
         for f in result.failures:
             print(f"  {f['case_id']}: {cli_message(f['error'], f.get('error_type'))}", file=sys.stderr)
-        return 2 if all(f.get("input_problem") for f in result.failures) else 1
+        return code
     return 0
 
 

@@ -221,37 +221,95 @@ class CaseFailure:
         return isinstance(self.error, (InputError, ValueError, OSError, MemoryError))
 
 
+def _nifti_size(path: str) -> tuple[tuple[int, ...], np.dtype, int] | None:
+    """A NIfTI header's declared shape, data type and data bytes (None for other files)."""
+    if not path.lower().endswith((".nii", ".nii.gz")):
+        return None
+    import nibabel as nib
+
+    try:
+        img = nib.load(path)
+    except Exception:  # noqa: BLE001 - not readable as NIfTI: the loader will say so
+        return None
+    shape, dtype = tuple(int(s) for s in img.shape), np.dtype(img.get_data_dtype())
+    return shape, dtype, int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+
+
 def _memory_message(path: str) -> str:
     """Why loading ``path`` ran out of memory: a NIfTI header's declared size against the file's."""
-    try:
-        import nibabel as nib
-
-        img = nib.load(path)
-        shape, dtype = tuple(int(s) for s in img.shape), np.dtype(img.get_data_dtype())
-        declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-        return (
-            f"{path}: its header declares {'x'.join(map(str, shape))} voxels of {dtype} ({declared / 2**30:,.1f} GiB) "
-            f"while the file holds {os.path.getsize(path):,} bytes; the header is wrong or the image is too large "
-            f"for this machine's memory. Fix or crop the image."
-        )
-    except Exception:  # noqa: BLE001 - not a NIfTI: say what is known
+    size = _nifti_size(path)
+    if size is None:
         return f"{path}: the image does not fit in this machine's memory when loaded. Crop or downsample it."
+    shape, dtype, declared = size
+    return (
+        f"{path}: its header declares {'x'.join(map(str, shape))} voxels of {dtype} ({declared / 2**30:,.1f} GiB) "
+        f"while the file holds {os.path.getsize(path):,} bytes; the header is wrong or the image is too large "
+        f"for this machine's memory. Fix or crop the image."
+    )
 
 
-def _reason(case: Mapping, key: str, error: BaseException) -> BaseException:
-    """The underlying error of a failed preprocessing, as an error naming the file."""
+def check_declared_size(path: str) -> None:
+    """Refuse a NIfTI whose header declares more data than an uncompressed file holds, or more than this
+    machine's memory as float32 (what MONAI loads), before any allocation is tried."""
+    size = _nifti_size(path)
+    if size is None:
+        return
+    shape, dtype, declared = size
+    as_float = declared // dtype.itemsize * 4
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        memory = None
+    holds = os.path.getsize(path)
+    if (path.lower().endswith(".nii") and declared > holds) or (memory is not None and as_float > memory):
+        raise InputError(_memory_message(path))
+
+
+def _failing_step(transforms: Sequence[Any], case: Mapping, key: str) -> tuple[int, str, tuple[int, ...] | None] | None:
+    """Re-run the preprocessing step by step: the index and name of the step that fails, and the image's
+    shape before it (None when the loader itself fails or every step passes)."""
+    d: Any = dict(case)
+    shape = None
+    for i, t in enumerate(transforms):
+        try:
+            d = t(d)
+        except Exception:  # noqa: BLE001 - this is the step we are looking for
+            return i, type(t).__name__, shape
+        value = d.get(key) if isinstance(d, Mapping) else None
+        shape = tuple(value.shape) if hasattr(value, "shape") else None
+    return None
+
+
+def _reason(case: Mapping, key: str, error: BaseException, preprocessing: Any = None, network: Any = None) -> BaseException:
+    """The underlying error of a failed preprocessing, as an error naming the file (and the step, and a
+    volume given to a 2D network)."""
     from medcam_monai.bundle.workflow import root_cause
+    from medcam_monai.checks import NetworkInputError, network_input_spec
+    from medcam_monai.io.errors import SourceImageError
 
     cause = root_cause(error)
     path = str(case.get(key))
-    if isinstance(cause, MemoryError):
+    if isinstance(cause, MemoryError) or "MemoryError" in str(cause):
         return InputError(_memory_message(path))
+    if isinstance(cause, SourceImageError):  # the readers' own words, kept with their type (the command line adds its fix)
+        return cause
     if isinstance(cause, InputError):
         return cause
-    if isinstance(cause, (OSError, ValueError, RuntimeError, KeyError, IndexError, TypeError)):
-        text = str(cause) or type(cause).__name__
+    if not isinstance(cause, (OSError, ValueError, RuntimeError, KeyError, IndexError, TypeError)):
+        return cause
+    text = str(cause) or type(cause).__name__
+    step = _failing_step(getattr(preprocessing, "transforms", ()), case, key) if preprocessing is not None else None
+    if step is None or step[2] is None:  # reading the file failed
         return InputError(f"{path} cannot be read by the bundle's preprocessing: {text}" if path in text else f"{path}: {type(cause).__name__}: {text}")
-    return cause
+    index, name, shape = step
+    dims, in_channels = network_input_spec(network) if network is not None else (None, None)
+    if dims == 2 and len(shape) == 4:
+        return NetworkInputError(
+            f"{path} is a 3D volume {shape} (channels, spatial) but the bundle's network is 2D (in_channels={in_channels}); "
+            f"its preprocessing fails at step {index} ({name}: {text}). Explain one slice: --slice K (0..{shape[-1] - 1}).",
+            "slice",
+        )
+    return InputError(f"{path}: the bundle's preprocessing fails at step {index} ({name}) on the image of shape {shape}: {text}")
 
 
 def check_cases(
@@ -281,10 +339,11 @@ def check_cases(
     shapes_ok: set[tuple[int, int]] = set()
     for case in cases:
         try:
+            check_declared_size(str(case.get(key)))
             try:
                 x = preprocessing(dict(case))[key]
             except Exception as e:  # noqa: BLE001 - every failure of a case is reported with its file (MemoryError too)
-                raise _reason(case, key, e) from None
+                raise _reason(case, key, e, preprocessing, network) from None
             name = f"image {case.get(key)}"
             x = torch.as_tensor(x)
             if network is not None and (x.shape[0], x.ndim) not in shapes_ok:
