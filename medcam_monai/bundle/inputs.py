@@ -32,7 +32,17 @@ from medcam_monai.bundle.config import LOADERS, target_name
 from medcam_monai.errors import InputError
 from medcam_monai.handlers import SLICE_META_KEY
 
-__all__ = ["WSIRegion", "InputOptions", "loader_for", "adjust_transforms", "SelectSliced", "CaseFailure", "check_cases"]
+__all__ = [
+    "WSIRegion",
+    "InputOptions",
+    "loader_for",
+    "adjust_transforms",
+    "SelectVolumed",
+    "SelectSliced",
+    "CaseFailure",
+    "check_declared_size",
+    "check_cases",
+]
 
 
 @dataclass(frozen=True)
@@ -150,17 +160,21 @@ def adjust_transforms(transforms: Sequence[Any], key: str, options: InputOptions
     return out if changed else None
 
 
-class SelectVolumed(MapTransform):
+class _SelectIndexd(MapTransform):
+    """Base of the transforms that keep one index of an axis (``keys``, ``index``)."""
+
+    def __init__(self, keys: KeysCollection, index: int, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.index = int(index)
+
+
+class SelectVolumed(_SelectIndexd):
     """Keep volume ``index`` of a 4D image loaded channel-first ``(T, X, Y, Z)`` -> ``(1, X, Y, Z)``.
 
     Args:
         keys: the image keys.
         index: the volume, ``0..T-1``.
     """
-
-    def __init__(self, keys: KeysCollection, index: int, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.index = int(index)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -172,7 +186,7 @@ class SelectVolumed(MapTransform):
         return d
 
 
-class SelectSliced(MapTransform):
+class SelectSliced(_SelectIndexd):
     """Keep slice ``index`` (last spatial axis) of a volume ``(C, X, Y, Z)`` -> ``(C, X, Y)`` for a 2D network.
 
     The slice keeps its place in the volume: the affine's origin moves to the slice and
@@ -183,10 +197,6 @@ class SelectSliced(MapTransform):
         keys: the image keys.
         index: the slice, ``0..Z-1`` (negative counts from the end).
     """
-
-    def __init__(self, keys: KeysCollection, index: int, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.index = int(index)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

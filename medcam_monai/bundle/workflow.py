@@ -67,6 +67,14 @@ def make_workflow(bundle: str | os.PathLike, config: str, extra_configs: Sequenc
     )
 
 
+def _config_error(e: Exception, bundle: str | os.PathLike, where: str) -> InputError:
+    """The bundle's own error under MONAI's wrappers, in one line (an input error underneath stays itself)."""
+    cause = root_cause(e)
+    if isinstance(cause, InputError):
+        return cause
+    return BundleConfigError(f"The config of bundle {str(bundle)!r} {where}: {type(cause).__name__}: {cause}")
+
+
 def build_item(workflow, config_id: str, bundle: str | os.PathLike = "the bundle") -> Any:
     """Build (or evaluate) the config item ``config_id``; a failure is the bundle's own error, in one line."""
     try:
@@ -74,12 +82,7 @@ def build_item(workflow, config_id: str, bundle: str | os.PathLike = "the bundle
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001 - the bundle's config is at fault: say where and what
-        cause = root_cause(e)
-        if isinstance(cause, InputError):
-            raise cause from None
-        raise BundleConfigError(
-            f"The config of bundle {str(bundle)!r} fails at '{config_id}': {type(cause).__name__}: {cause}"
-        ) from None
+        raise _config_error(e, bundle, f"fails at '{config_id}'") from None
 
 
 def start_workflow(workflow, bundle: str | os.PathLike = "the bundle", evaluator_id: str | None = "evaluator") -> None:
@@ -89,10 +92,7 @@ def start_workflow(workflow, bundle: str | os.PathLike = "the bundle", evaluator
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001
-        cause = root_cause(e)
-        if isinstance(cause, InputError):
-            raise cause from None
-        raise BundleConfigError(f"The config of bundle {str(bundle)!r} fails to initialise: {type(cause).__name__}: {cause}") from None
+        raise _config_error(e, bundle, "fails to initialise") from None
     if evaluator_id and evaluator_id in workflow.parser:
         build_item(workflow, evaluator_id, bundle)
 
