@@ -36,6 +36,7 @@ import errno
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -119,10 +120,13 @@ def _io_inverter() -> Callable | None:
     return invert_to_source
 
 
+# ".<final name>.<random>.part<suffixes>" (medcam_monai.io.atomic.atomic_path) and ".medcam_write_test_<pid>"
+_TEMPORARY = re.compile(r"^\..+\.part(\.[A-Za-z0-9]+)*$|^\.medcam_write_test_\d+$")
+
+
 def _is_stale_temporary(path: Path) -> bool:
     """A temporary file of :func:`~medcam_monai.io.atomic.atomic_path` or of a writability probe."""
-    name = path.name
-    return name.startswith(".") and (".part" in name or name.startswith(".medcam_write_test_"))
+    return bool(_TEMPORARY.match(path.name))
 
 
 class RecordStore:
@@ -153,6 +157,7 @@ class RecordStore:
         """Check the folder is writable and join it as a run: when no other run is active, remove the
         temporary files a killed run left and rebuild the index from the records (a kill between a
         record and its index entry is repaired here)."""
+        self.end()  # a run that raised never reached end(): its lock goes before this one is taken
         check_writable_dir(self.folder, "choose a writable folder, e.g. override `output_dir` on the command line: --output_dir /tmp/explanations")
         self.records_dir.mkdir(exist_ok=True)
         try:
@@ -178,9 +183,10 @@ class RecordStore:
             self._run_fd = None
 
     def remove_leftovers(self) -> list[Path]:
-        """Delete temporary files of killed runs under the folder (never anything else); return them."""
+        """Delete temporary files of killed runs in the folder and its writers' folders (never anything
+        else, never deeper); return them."""
         removed = []
-        for path in self.folder.rglob(".*"):
+        for path in [*self.folder.glob(".*"), *self.folder.glob("*/.*")]:
             if path.is_file() and not path.is_symlink() and _is_stale_temporary(path):
                 path.unlink(missing_ok=True)
                 removed.append(path)
