@@ -108,7 +108,7 @@ def _gather(records: list[dict]) -> list[dict]:
 def _io_inverter() -> Callable | None:
     """``medcam_monai.io.invert_to_source`` when the installed io package has it.
 
-    Contract: ``invert_to_source(explanation, image, preprocessing) -> Explanation`` returns the case's
+    Contract: ``invert_to_source(explanation, image, preprocessing, key=image_key) -> Explanation`` returns the case's
     maps on the source image's grid, inverting the bundle's spatial preprocessing with MONAI's own
     inversion from ``image.applied_operations``; writers then take the geometry from the stock
     ``MetaTensor`` metadata of ``image`` (``original_affine``, ``spatial_shape``, ``filename_or_obj``).
@@ -588,7 +588,7 @@ class ExplanationHandler:
             # a stock loader (no reference of ours): put the maps on the source grid with MONAI's inversion
             invert = _io_inverter()
             if invert is not None:
-                case = invert(case, image, self.preprocessing)
+                case = invert(case, image, self.preprocessing, key=self.image_key)
         return {name: self._write(name, writer, kwargs, case, source, cid) for name, writer, kwargs in self._writers_for(image)}
 
     def _write(self, writer_name, writer, kwargs, case, source, cid) -> Any:

@@ -253,7 +253,7 @@ def test_stock_loader_maps_are_inverted_with_the_io_contract(tmp_path, monkeypat
 
     calls, written = [], []
 
-    def invert_to_source(explanation, image, preprocessing):
+    def invert_to_source(explanation, image, preprocessing, key="image"):
         calls.append((explanation, image, preprocessing))
         return explanation
 
