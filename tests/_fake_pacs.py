@@ -138,6 +138,10 @@ class SilentServer:
         self.sock.close()
 
 
+HOP_BY_HOP = ("content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive",
+              "proxy-authenticate", "proxy-authorization", "te", "trailer", "upgrade")
+
+
 class FailingStoreProxy:
     """An HTTP proxy in front of a DICOMweb server that answers every STOW-RS (POST) with
     ``store_status`` (e.g. 503) while ``failing`` is true, and forwards everything else (and, once
@@ -167,6 +171,7 @@ class FailingStoreProxy:
                     self.send_response(proxy.store_status)
                     self.send_header("Content-Type", "text/plain")
                     self.send_header("Content-Length", str(len(payload)))
+                    self.send_header("Connection", "close")
                     self.end_headers()
                     self.wfile.write(payload)
                     return
@@ -174,9 +179,13 @@ class FailingStoreProxy:
                 r = requests.request(method, proxy.target + self.path, headers=headers, data=body, timeout=60)
                 self.send_response(r.status_code)
                 for k, v in r.headers.items():
-                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
+                    if k.lower() not in HOP_BY_HOP:
                         self.send_header(k, v)
                 self.send_header("Content-Length", str(len(r.content)))
+                # this HTTP/1.0 server closes every connection; a forwarded "Keep-Alive" would make the
+                # client reuse a closed socket, and on a busy machine a store then fails with a reset
+                # before it reaches the proxy (an attempt the proxy never counts)
+                self.send_header("Connection", "close")
                 self.end_headers()
                 self.wfile.write(r.content)
 

@@ -370,7 +370,7 @@ class MedCAM:
             ``stop_reason`` and ``seconds``.
         """
         start = time.perf_counter()
-        check_image(x, name="image")
+        check_image(x, name="image", network=self.classifier)
         meta_source = x
         x = x.as_tensor() if hasattr(x, "as_tensor") else x
         x = x.detach().float()
