@@ -316,6 +316,12 @@ class ExplanationHandler:
             ``"skip"``: it gets a failed record (``status: "failed"``, ``error``) and the run goes on.
             A full disk always stops the run.
         failures_file: name of the list of failed cases in ``output_dir``.
+        medcam_unet: the amortised Med-CAM U-Net of the bundle (``models/medcam_unet.pt``, written by
+            ``MedCAM.fit(loader).save_unet(path)``). When the file exists and Med-CAM is built here
+            without its own ``warm_start``, every case starts from it and needs only
+            ``refine_steps`` steps; a missing file means per-image training (nothing to fit first).
+            Med-CAM's ``fill`` comes from ``preprocessing`` when it is not given
+            (:func:`~medcam_monai.medcam.fill_from_preprocessing`).
 
     Writers have the shape of ``medcam_monai.io.WRITERS``: ``writer(explanation, source, path,
     **kwargs) -> path``, called with the case (batch size 1, its maps carrying the network input's
@@ -346,6 +352,7 @@ class ExplanationHandler:
         preprocessing: Any = None,
         case_errors: str = "raise",
         failures_file: str = "failures.json",
+        medcam_unet: str | os.PathLike | None = None,
     ) -> None:
         if isinstance(explainer, str) and explainer != AUTO:
             explainer_spec(explainer)  # an unknown name fails here, listing the known ones
@@ -374,6 +381,7 @@ class ExplanationHandler:
         self.pixels = pixels
         self.preprocessing = preprocessing
         self.case_errors = case_errors
+        self.medcam_unet = None if medcam_unet is None else Path(medcam_unet)
         self.store = RecordStore(self.output_dir, records_file, failures_file)
         self.logger = logging.getLogger(name)
         self.records: list[dict] = []
@@ -421,6 +429,16 @@ class ExplanationHandler:
         if self.explainer is None and (self.explainer_spec != AUTO or self.task is not None):
             self._build(engine)
 
+    def _medcam_kwargs(self, kwargs: dict) -> None:
+        """Med-CAM's bundle settings: the fitted U-Net when the bundle has one, the fill its preprocessing implies."""
+        if self.medcam_unet is not None and "warm_start" not in kwargs and self.medcam_unet.is_file():
+            kwargs["warm_start"] = str(self.medcam_unet)
+            self.logger.info(f"Med-CAM starts every case from the fitted U-Net {self.medcam_unet}")
+        if "fill" not in kwargs and self.preprocessing is not None:
+            from medcam_monai.medcam import fill_from_preprocessing
+
+            kwargs["fill"] = fill_from_preprocessing(self.preprocessing)
+
     def _build(self, engine: Engine, x: torch.Tensor | None = None) -> None:
         """Build the named explainer; for ``"auto"`` the task's default (found from the output of ``x`` if unknown)."""
         network = self._network(engine)
@@ -437,6 +455,8 @@ class ExplanationHandler:
                 f"{spec.display_name} explains a classifier's decision over the whole image. Leave pixels unset."
             )
         kwargs = dict(self.explainer_kwargs)
+        if name == "medcam":
+            self._medcam_kwargs(kwargs)
         if self.use_inferer and "inferer" not in kwargs and isinstance(inferer, SlidingWindowInferer):
             kwargs["inferer"] = inferer
         layers = kwargs.get("layer")
