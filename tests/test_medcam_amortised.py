@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from _model_guard import assert_unchanged, snapshot
 from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedEvaluator
 from monai.transforms import Compose, EnsureTyped, NormalizeIntensityd, ScaleIntensityd
@@ -11,8 +12,6 @@ from torch import nn
 from medcam_monai import MedCAM
 from medcam_monai.handlers import ExplanationHandler
 from medcam_monai.medcam import UNET_FORMAT
-
-from _model_guard import assert_unchanged, snapshot
 
 
 def tiny_classifier(seed: int = 0) -> nn.Module:
