@@ -54,7 +54,7 @@ FAMILIES = {
 
 def build(family: str) -> torch.nn.Module:
     """A freshly initialised classifier of ``family`` (seeded by the caller)."""
-    spec, dims, channels, _ = FAMILIES[family]
+    spec, _dims, channels, _ = FAMILIES[family]
     kind, name = spec.split(":")
     if kind == "timm":
         import timm

@@ -39,7 +39,7 @@ def fitted(tmp_path_factory):
 
 
 def test_fit_records_the_data_mean_and_a_trained_unet(fitted):
-    net, medcam, path, data = fitted
+    net, medcam, _path, data = fitted
     assert torch.allclose(medcam.data_mean, data.mean().reshape(1), atol=1e-6)
     fresh = MedCAM(net)._new_unet(2, 1, torch.device("cpu"), None).state_dict()
     assert any(not torch.equal(fresh[k], v) for k, v in medcam.warm_start.items()), "fit must train the U-Net"
@@ -62,7 +62,7 @@ def test_the_unet_file_loads_with_weights_only_and_round_trips(fitted):
 
 
 def test_bad_unet_files_get_clear_errors(fitted, tmp_path):
-    net, medcam, path, data = fitted
+    net, _medcam, path, _data = fitted
     with pytest.raises(FileNotFoundError, match="fit"):
         MedCAM(net, warm_start=tmp_path / "missing.pt")
     with pytest.raises(ValueError, match="unet_features"):
@@ -84,7 +84,7 @@ def run_handler(net, handler, preprocessing=None, n=2):
 
 
 def test_handler_starts_from_the_bundles_fitted_unet_when_present(fitted, tmp_path):
-    net, medcam, path, data = fitted
+    net, medcam, path, _data = fitted
     handler = ExplanationHandler(
         "medcam", {"steps": 4, "refine_steps": 2}, output_dir=tmp_path / "out", medcam_unet=path
     )

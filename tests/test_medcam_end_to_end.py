@@ -82,7 +82,7 @@ def test_classifier_is_saturated_and_its_decision_needs_the_marker(saturated, ca
 
 
 def test_defaults_find_a_small_mask_on_the_marker_that_keeps_the_decision(per_image, cases):
-    x, truth, y = cases
+    _x, truth, y = cases
     ex = per_image
     area = ex.scores["area_fraction"]
     assert bool(ex.scores["decision_kept"].all()), ex.scores["probs_e"]
@@ -98,7 +98,7 @@ def test_defaults_find_a_small_mask_on_the_marker_that_keeps_the_decision(per_im
 
 
 def test_fit_reduces_the_steps_needed_on_held_aside_images(saturated, cases, per_image):
-    x, truth, y = cases
+    x, truth, _y = cases
     train = marker_phantoms(64, size=SIZE, num_classes=3, absent_class=True, seed=7).images  # not the test cases
     amortised = MedCAM(saturated).fit([train[i : i + 16] for i in range(0, 64, 16)], epochs=16)  # 64 Adam steps
     ex = amortised(x)
