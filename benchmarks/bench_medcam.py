@@ -237,7 +237,7 @@ def run_family(family: str, args) -> list[dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
-    parser.add_argument("--rows", nargs="+", default=["amortised", "randomised", "smoothed"], choices=["amortised", "randomised", "smoothed"])
+    parser.add_argument("--rows", nargs="*", default=["amortised", "randomised", "smoothed"], choices=["amortised", "randomised", "smoothed"])
     parser.add_argument("--cases", type=int, default=8, help="evaluation cases per family")
     parser.add_argument("--batch", type=int, default=8, help="cases explained together")
     parser.add_argument("--train", type=int, default=1200, help="classifier training images")
