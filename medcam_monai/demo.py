@@ -260,8 +260,8 @@ def run_demo(
         truth = data.truth[by_source[r["source"]]] if data.truth is not None and r["source"] in by_source else None
         iou = _mask_iou(r, truth)
         r["lesion_iou"] = iou
-        where = lesion_overlap_phrase(iou, (r.get("scores") or {}).get("area_fraction"))
-        print(f"  {r['case_id']}: {case_summary(r, LESION_CLASSES)}{where}")
+        r["note"] = lesion_overlap_phrase(iou, (r.get("scores") or {}).get("area_fraction"))
+        print(f"  {r['case_id']}: {case_summary(r, LESION_CLASSES)}{r['note']}")
     sections.append(Section("Med-CAM on held-out MRI slices with planted lesions", records,
                             [quality] + ([warning] if weak else []), LESION_CLASSES))
     _done(t)
@@ -338,7 +338,7 @@ def run_demo(
         records = section.records
         print(f"\n{section.title}: records {records and Path(next(iter(records[0]['outputs'].values()))).parent.parent / 'explanations.json'}")
         for r in records:
-            print(f"  {r['case_id']}: {case_summary(r, section.class_names)}")
+            print(f"  {r['case_id']}: {case_summary(r, section.class_names)}{r.get('note') or ''}")
             for writer, path in r["outputs"].items():
                 for p in path if isinstance(path, list) else [path]:
                     print(f"      {writer:15s} {p}")

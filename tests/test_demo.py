@@ -55,12 +55,13 @@ def test_report_page_shows_the_cases_side_by_side(tmp_path):
     for i, (pred, label) in enumerate(((1, 1), (0, 2))):
         png = figures / f"case{i}.png"
         Image.fromarray(np.zeros((4, 4), np.uint8)).save(png)
-        records.append({**_record(pred, label), "case_id": f"case<{i}>", "outputs": {"png": str(png), "nifti": str(png)}})
+        records.append({**_record(pred, label), "case_id": f"case<{i}>", "outputs": {"png": str(png), "nifti": str(png)},
+                        "note": f"; the mask overlaps the planted lesion (IoU 0.{i + 3})"})
     page = write_report_page([Section("Med-CAM", records, ["accuracy 50 %"], CLASSES)], tmp_path / "report.html", title="demo")
     text = page.read_text()
     assert text.count('<div class="case">') == 2 and 'src="run/png/case0.png"' in text and 'src="run/png/case1.png"' in text
     assert html.escape("case<1>") in text and "case<1>" not in text  # names are escaped
-    assert "the model is wrong here" in text and "accuracy 50 %" in text
+    assert "the model is wrong here" in text and "accuracy 50 %" in text and "planted lesion (IoU 0.4)" in text
     assert all((page.parent / src).is_file() for src in ("run/png/case0.png", "run/png/case1.png"))
 
 

@@ -63,7 +63,8 @@ class Section:
 
     Args:
         title: the section's heading.
-        records: handler records (with ``outputs["png"]`` for the figure).
+        records: handler records (with ``outputs["png"]`` for the figure; an optional ``"note"`` is
+            appended to the case line, e.g. how the mask compares with the known evidence).
         notes: paragraphs shown above the cases (what the model is, how good it is).
         class_names: names of the class indices, for the case lines.
     """
@@ -100,7 +101,7 @@ def write_report_page(sections: Sequence[Section], path: str | os.PathLike, titl
                 src = os.path.relpath(png, path.parent)
                 out.append(f'<a href="{html.escape(src)}"><img src="{html.escape(src)}" alt="{html.escape(str(r.get("case_id")))}"></a>')
             out.append(f'<p class="line"><b>{html.escape(str(r.get("case_id")))}</b>: '
-                       f"{html.escape(case_summary(r, section.class_names))}</p>")
+                       f"{html.escape(case_summary(r, section.class_names) + str(r.get('note') or ''))}</p>")
             files = ", ".join(f'<a href="{html.escape(os.path.relpath(p, path.parent))}">{html.escape(k)}</a>'
                               for k, p in outputs.items() if isinstance(p, str))
             out.append(f'<p class="files">files: {files}</p></div>')
