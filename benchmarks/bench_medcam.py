@@ -49,7 +49,7 @@ def trained_classifier(name: str, cache: Path, device: str):
     model = timm.create_model(NETS[name], pretrained=False, num_classes=CLASSES)
     path = cache / f"{name}_{SIZE}.pt"
     if path.exists():
-        model.load_state_dict(torch.load(path, map_location="cpu"))
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.to(device).eval()
     torch.manual_seed(0)
     data = phantoms(TRAIN_CASES, seed=1)

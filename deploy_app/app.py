@@ -66,7 +66,8 @@ class ExplainSegApp(Application):
 
     def network(self) -> torch.nn.Module:
         net = segmentation_network()
-        state = torch.load(self.weights, map_location="cpu")
+        # weights_only: a weights file is data, never code (torch < 2.6 unpickles anything by default)
+        state = torch.load(self.weights, map_location="cpu", weights_only=True)
         net.load_state_dict(state.get("model", state))
         return net.eval()
 

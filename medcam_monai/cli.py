@@ -4,11 +4,16 @@
     medcam-monai train fundus_resnet18 --epochs 8
     medcam-monai explain kidney_ct_unet3d /data/CT_series/ --output out/
     medcam-monai explain fundus_resnet18 photos/ --steps 100
+    medcam-monai explain ./spleen_ct_segmentation ct.nii.gz --target 1    # any bundle in the model-zoo layout
+    medcam-monai fragment                          # the config fragment for `python -m monai.bundle run`
     medcam-monai evaluate brain_mri_mobilenet_v2 --cases 16
     medcam-monai list
 
-Exit codes: 0 success, 2 a problem with the input (the message says what and how to fix it), 1
-other failures (``MEDCAM_DEBUG=1`` shows the traceback).
+A bare bundle name is one of the project's bundles; anyone else's bundle is given as a path.
+
+Exit codes: 0 success, 2 a problem with the input (the message says what and how to fix it; in a
+batch, cases that could not be explained are listed and the others are done), 1 other failures
+(``MEDCAM_DEBUG=1`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -23,7 +28,48 @@ from pathlib import Path
 from medcam_monai.errors import InputError
 from medcam_monai.threads import configure_threads
 
-__all__ = ["main", "build_parser", "configure_threads", "print_records"]
+__all__ = ["main", "build_parser", "configure_threads", "print_records", "parse_pixels", "cli_message"]
+
+# environment variables holding credentials: never visible to a bundle's config expressions
+SECRET_ENV = ("MEDCAM_PACS_PASSWORD",)
+
+# the command-line fix for errors whose message speaks of Python arguments (by error class name)
+CLI_FIXES = {
+    "MultipleSeriesError": "On the command line: --series-uid UID (one of those listed).",
+    "IrregularSpacingError": "On the command line: --allow-irregular-spacing.",
+    "MissingGeometryError": "On the command line: --bundle-loader reads it with the bundle's own loading transform (e.g. as a 2D image).",
+}
+
+
+def cli_message(error: BaseException | str, type_name: str | None = None) -> str:
+    """An error's message with the command-line fix for it (see :data:`CLI_FIXES`)."""
+    text = str(error)
+    fix = CLI_FIXES.get(type_name or type(error).__name__)
+    return f"{text} {fix}" if fix and fix not in text else text
+
+
+def parse_pixels(text: str):
+    """``--pixels``: ``predicted``, ``image``, ``box:X0,Y0[,Z0]:X1,Y1[,Z1]``, ``point:X,Y[,Z]`` (voxels of the
+    network input), or ``mask:FILE`` (any mask image with an affine; a plain existing file path works too)."""
+    if text in ("predicted", "image"):
+        return text
+    kind, _, rest = text.partition(":")
+    try:
+        if kind == "box":
+            start, end = rest.split(":")
+            return {"box": [[int(v) for v in start.split(",")], [int(v) for v in end.split(",")]]}
+        if kind == "point":
+            return {"point": [int(v) for v in rest.split(",")]}
+    except ValueError:
+        pass
+    else:
+        if kind == "mask" and rest:
+            return {"mask": rest}
+        if Path(text).is_file():
+            return {"mask": text}
+    raise argparse.ArgumentTypeError(
+        f"{text!r}: use predicted, image, box:X0,Y0,Z0:X1,Y1,Z1, point:X,Y,Z (voxels of the network input) or mask:FILE."
+    )
 
 
 def print_records(records: list[dict], title: str) -> None:
@@ -65,19 +111,71 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from medcam_monai.bundle import WSIRegion, explain_with_bundle, find_bundle, records_path
+    from medcam_monai.bundle import InputOptions, WSIRegion, explain_with_bundle, find_bundle, records_path, untrusted_bundle_warning
+    from medcam_monai.bundle.locate import is_project_bundle
     from medcam_monai.io.atomic import check_writable_dir
     from medcam_monai.io.formats import input_cases
+    from medcam_monai.pipeline.bundle_run import parse_override
 
     bundle = find_bundle(args.bundle)
+    origin = "one of the project's bundles" if is_project_bundle(bundle) else "given as a path"
+    print(f"bundle: {bundle.resolve()} ({origin})")
+    warning = None if args.trust_bundle else untrusted_bundle_warning(bundle)
+    if warning:
+        print(f"medcam-monai: warning: {warning}", file=sys.stderr)
     kind, datalist = input_cases(args.input)
+    if Path(args.input).is_dir():  # hidden files (a killed run's .part leftovers, macOS ._ files) are not cases
+        datalist = [d for d in datalist if not Path(d["image"]).name.startswith(".")]
+        if not datalist:
+            raise InputError(f"{args.input!r} holds only hidden files.")
+    try:
+        overrides = dict(parse_override(o) for o in args.override)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     output = check_writable_dir(args.output, "choose another with --output")
-    records = explain_with_bundle(
-        bundle, output, root=args.bundle_root, datalist=datalist, kind=kind, writers=args.writers, weights=args.weights,
-        steps=args.steps, target=args.target, layer=args.layer, image_size=args.image_size,
-        wsi=WSIRegion(args.wsi_level, tuple(args.wsi_location), args.wsi_size),
+    for name in SECRET_ENV:  # the bundle's config runs code; it has no business with PACS credentials
+        os.environ.pop(name, None)
+    inputs = InputOptions(
+        kind=kind, series_uid=args.series_uid, allow_irregular_spacing=args.allow_irregular_spacing,
+        bundle_loader=args.bundle_loader, wsi=WSIRegion(args.wsi_level, tuple(args.wsi_location), args.wsi_size),
+        volume=args.volume, slice=args.slice, rgb=args.rgb, grey=args.grey, nan_to_num=args.nan_to_num,
     )
-    print_records(records, f"{len(records)} case(s) explained; records: {records_path(output)}")
+    writers = [] if args.writers == ["none"] else args.writers
+    result = explain_with_bundle(
+        bundle, output, root=args.bundle_root, datalist=datalist, writers=writers, weights=args.weights,
+        steps=args.steps, target=args.target, layer=args.layer, image_size=args.image_size, method=args.method,
+        pixels=args.pixels, inputs=inputs, overrides=overrides,
+        fail_fast=args.fail_fast or bool(os.environ.get("MEDCAM_DEBUG")),  # debugging wants the first traceback
+    )
+    print_records(list(result), f"{len(result)} case(s) explained with {result.method} ({result.task} network); "
+                                f"records: {records_path(output)}")
+    if result.failures:
+        code = 2 if all(f.get("input_problem") for f in result.failures) else 1
+        if len(datalist) == 1:  # one input: one clear message
+            print(f"medcam-monai: error: {cli_message(result.failures[0]['error'], result.failures[0].get('error_type'))}",
+                  file=sys.stderr)
+            return code
+        print(f"\n{len(result.failures)} of {len(datalist)} case(s) not explained (listed in "
+              f"{records_path(output).parent / 'failures.json'}; the others are done):", file=sys.stderr)
+        for f in result.failures:
+            print(f"  {f['case_id']}: {cli_message(f['error'], f.get('error_type'))}", file=sys.stderr)
+        return code
+    return 0
+
+
+def cmd_fragment(args: argparse.Namespace) -> int:
+    from medcam_monai.bundle import fragment_path
+
+    path = fragment_path()
+    print(path)
+    if args.usage:
+        print(
+            f"\nAttach the explanation handler to any bundle (run from the bundle's folder; the fragment comes last):\n"
+            f"  python -m monai.bundle run --config_file \"['configs/inference.json', '{path}']\" --bundle_root .\n"
+            f"  torchrun --nproc_per_node=2 -m monai.bundle run --config_file \"['configs/inference.json', "
+            f"'configs/multi_gpu_inference.json', '{path}']\"\n"
+            f"Settings: --medcam#explainer, #target, #pixels, #writers, #output_dir (see the file)."
+        )
     return 0
 
 
@@ -137,6 +235,8 @@ def _add_evaluate(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from medcam_monai.registry import EXPLAINERS
+
     parser = argparse.ArgumentParser(prog="medcam-monai", description="Explain MONAI bundles' decisions (Med-CAM, Seg-HiRes-Grad CAM).")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: OMP_NUM_THREADS, else the idle cores)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,21 +253,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset-dir", help="folder of the real dataset (see data_manifests/)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("explain", help="explain a file or folder (DICOM series, NIfTI, PNG/JPEG, WSI) with a bundle")
-    p.add_argument("bundle", help="bundle name or folder")
+    p = sub.add_parser(
+        "explain",
+        help="explain a file or folder (DICOM series, NIfTI, PNG/JPEG, WSI) with any bundle",
+        description="Explain files with a bundle: one of the project's (by name) or any bundle in the MONAI model-zoo "
+                    "layout (by path), run as it is with its own preprocessing, weights, inferer and evaluator. The task "
+                    "comes from metadata.json (else the network's output): classifiers get Med-CAM, segmentation "
+                    "networks Seg-HiRes-Grad CAM.",
+    )
+    p.add_argument("bundle", help="one of the project's bundles by name (`medcam-monai list`), or a bundle folder as a path (./my_bundle)")
     p.add_argument("input", help="a file, a DICOM series folder, or a folder of images")
     p.add_argument("--output", default="outputs", help="output folder (default: ./outputs)")
     p.add_argument("--bundle-root", help="folder holding models/model.pt (default: the bundle folder)")
-    p.add_argument("--weights", help="a state dict of the bundle's network (default: <bundle-root>/models/model.pt)")
-    p.add_argument("--writers", nargs="+", help="output formats (default by input: DICOM -> dicom_seg parametric_map ...)")
+    p.add_argument("--weights", help="a state dict of the bundle's network (default: what the bundle's CheckpointLoader loads)")
+    p.add_argument("--writers", nargs="+",
+                   help="output formats (default by input: DICOM -> dicom_seg parametric_map ...); none: the records only")
+    p.add_argument("--method", choices=sorted(EXPLAINERS),
+                   help="explainer (default: medcam for classifiers, seg_hires_grad_cam for segmentation networks)")
     p.add_argument("--steps", type=int, help="Med-CAM optimisation steps")
-    p.add_argument("--target", type=int, help="class to explain (default: the prediction)")
+    p.add_argument("--target", type=int, help="class to explain (default: the prediction; every foreground class of a segmentation)")
+    p.add_argument("--pixels", type=parse_pixels, metavar="SET",
+                   help="segmentation: where the class score is summed: predicted (default), image, box:X0,Y0,Z0:X1,Y1,Z1, "
+                        "point:X,Y,Z (voxels of the network input) or mask:FILE (a mask image with an affine)")
     p.add_argument("--layer", help="layer to explain, a named_modules() name (default: the bundle's)")
     p.add_argument("--image-size", type=int, help="network input size, if the bundle was trained at another")
+    p.add_argument("--series-uid", help="DICOM: the series to explain in a folder holding several")
+    p.add_argument("--allow-irregular-spacing", action="store_true", help="DICOM: read a series whose slice gaps differ")
+    p.add_argument("--bundle-loader", action="store_true",
+                   help="read every input with the bundle's own loading transform (default: DICOM and WSI with the project's loaders)")
+    p.add_argument("--volume", type=int, metavar="N", help="4D image: explain volume N")
+    p.add_argument("--slice", type=int, metavar="K", help="3D image into a 2D bundle: explain slice K (last axis)")
+    p.add_argument("--rgb", action="store_true", help="greyscale image into an RGB network: repeat the channel")
+    p.add_argument("--grey", action="store_true", help="colour image into a one-channel network: average the channels")
+    p.add_argument("--nan-to-num", action="store_true", help="replace NaN/Inf voxels (torch.nan_to_num) after loading")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="bundle config override, value in JSON (repeatable), e.g. --override preprocessing#transforms#4#a_max=65535")
+    p.add_argument("--trust-bundle", action="store_true",
+                   help="run a bundle from outside the project without the warning that its config runs code")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first case that cannot be explained (default: skip and report it)")
     p.add_argument("--wsi-level", type=int, default=0, help="WSI: pyramid level to read")
     p.add_argument("--wsi-location", type=int, nargs=2, default=(0, 0), metavar=("Y", "X"), help="WSI: region's level-0 top-left")
     p.add_argument("--wsi-size", type=int, help="WSI: region side at the level (default: whole level)")
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("fragment", help="print the path of the config fragment that attaches the explanation handler to any bundle")
+    p.add_argument("--usage", action="store_true", help="also print how to use it with python -m monai.bundle run and torchrun")
+    p.set_defaults(func=cmd_fragment)
 
     p = sub.add_parser("demo", help="no data needed: train on real anatomy from nilearn's wheel, explain, write every format")
     p.add_argument("--output", default="medcam-demo", help="output folder (default: ./medcam-demo; an earlier run's is kept: -2, -3, ...)")
@@ -191,27 +322,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 1 failure, 2 a problem with the input)."""
     args = build_parser().parse_args(argv)
     try:
-        if args.command != "list":
+        if args.command not in ("list", "fragment"):
             configure_threads(args.threads)
         return int(args.func(args) or 0)
-    except InputError as e:
-        print(f"medcam-monai: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("medcam-monai: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # noqa: BLE001 - report the cause in one line, keep the traceback on request
+    except BaseException as e:  # noqa: BLE001 - report the cause in one line, keep the traceback on request
+        if isinstance(e, SystemExit):
+            raise
         from medcam_monai.bundle.workflow import root_cause
 
-        cause = root_cause(e)
         if os.environ.get("MEDCAM_DEBUG"):
             raise
-        if isinstance(cause, InputError):
-            print(f"medcam-monai: error: {cause}", file=sys.stderr)
+        cause = root_cause(e)
+        if _is_input_problem(cause):
+            print(f"medcam-monai: error: {cli_message(cause)}", file=sys.stderr)
             return 2
         print(f"medcam-monai: error: {type(cause).__name__}: {cause}", file=sys.stderr)
         print("(set MEDCAM_DEBUG=1 for the full traceback)", file=sys.stderr)
         return 1
+
+
+def _is_input_problem(error: BaseException) -> bool:
+    """Problems the user fixes with other input or options (exit code 2): this project's input errors and the
+    image readers' (:mod:`medcam_monai.io.errors`)."""
+    from medcam_monai.io.errors import SourceImageError
+
+    return isinstance(error, (InputError, SourceImageError))
 
 
 if __name__ == "__main__":

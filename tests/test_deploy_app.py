@@ -112,3 +112,27 @@ def test_operator_keeps_the_volume_grid_and_inverts_padding(deploy_python, tmp_p
     )
     proc = _run(deploy_python, str(script), cwd=ROOT)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+class _RunsCode:
+    """A pickle that runs a shell command when unpickled (what a hostile weights file does)."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def test_app_refuses_weights_that_run_code(deploy_python, tmp_path):
+    """Issue 14, finding 4: the app loads weights with weights_only=True, also where torch would not
+    (torch < 2.6, or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1, which this test sets)."""
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": _RunsCode(f"touch {marker}")}, evil)
+    code = ("from pathlib import Path; from types import SimpleNamespace; from deploy_app.app import ExplainSegApp; "
+            f"ExplainSegApp.network(SimpleNamespace(weights=Path({str(evil)!r})))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    proc = subprocess.run([str(deploy_python), "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert not marker.exists(), "loading the weights ran the pickle's command"
+    assert proc.returncode != 0 and "UnpicklingError" in proc.stderr, proc.stderr[-3000:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -183,6 +184,9 @@ def test_unwraps_ddp(tmp_path):
         assert len(handler.all_records) == 2
     finally:
         torch.distributed.destroy_process_group()
+        import ignite.distributed as idist
+
+        idist.sync()  # ignite keeps the destroyed group otherwise: later CheckpointSavers in this worker ask it for ranks
 
 
 def test_torchscript_network_is_refused_with_the_reason(tmp_path):
@@ -218,3 +222,150 @@ def test_case_id_from_source_names():
     assert case_id("/x/y/patient 1.nii.gz", "fallback") == "patient_1"
     assert case_id(None, "fallback") == "fallback"
     assert case_id("/dicom/CT5N/", "f") == "CT5N"
+
+
+# -- any bundle: the explainer chosen by task, stock loaders, a shared output folder --------------------------------
+def tiny_segmenter(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    from monai.networks.nets import UNet
+
+    return UNet(spatial_dims=2, in_channels=1, out_channels=3, channels=(4, 8), strides=(2,), num_res_units=0)
+
+
+@pytest.mark.parametrize("metadata", [True, False])
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_auto_explainer_from_metadata_or_from_the_networks_output(tmp_path, task, metadata):
+    meta = {"network_data_format": {"outputs": {"pred": {"type": "probabilities", "format": "classes"} if task == "classification"
+                                                 else {"type": "image", "format": "segmentation"}}}} if metadata else None
+    net = tiny_classifier() if task == "classification" else tiny_segmenter()
+    kwargs = {"explainer_kwargs": MEDCAM} if task == "classification" else {"call_kwargs": {"pixels": "image"}}
+    handler = ExplanationHandler("auto", metadata=meta, output_dir=tmp_path, **kwargs)
+    run_evaluator(net, handler, n=2)
+    assert handler.task == task
+    expected = "medcam" if task == "classification" else "seg_hires_grad_cam"
+    assert handler.method == expected and [r["method"] for r in handler.all_records] == [expected] * 2
+
+
+def test_stock_loader_maps_are_inverted_with_the_io_contract(tmp_path, monkeypatch):
+    """Inputs without a source reference of ours (stock LoadImaged) go through
+    ``medcam_monai.io.invert_to_source(explanation, image, preprocessing)`` before the writers."""
+    import medcam_monai.io
+
+    calls, written = [], []
+
+    def invert_to_source(explanation, image, preprocessing, key="image"):
+        calls.append((explanation, image, preprocessing))
+        return explanation
+
+    def writer(explanation, source, path):
+        written.append((explanation, source))
+        return None
+
+    monkeypatch.setattr(medcam_monai.io, "invert_to_source", invert_to_source, raising=False)
+    loader, preprocessing = make_loader(n=2)
+    handler = ExplanationHandler("medcam", MEDCAM, writers=[writer], preprocessing=preprocessing, output_dir=tmp_path)
+    run_evaluator(tiny_classifier(), handler, loader=loader)
+    assert len(calls) == 2 and all(p is preprocessing for _, _, p in calls)
+    assert [e for e, _ in written] == [e for e, _, _ in calls] and all(s is img for (_, s), (_, img, _) in zip(written, calls))
+
+
+def _put_many(folder: str, prefix: str, n: int) -> None:
+    from medcam_monai.handlers import RecordStore
+
+    store = RecordStore(folder)
+    store.begin()
+    for i in range(n):
+        store.put({"case_id": f"{prefix}{i:02d}", "status": "ok", "rank": 0})
+    store.end()
+
+
+def test_record_store_keeps_every_case_of_concurrent_runs(tmp_path):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_put_many, args=(str(tmp_path), prefix, 24)) for prefix in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    cases = [r["case_id"] for r in json.loads((tmp_path / "explanations.json").read_text())]
+    assert cases == sorted(f"{p}{i:02d}" for p in "ab" for i in range(24))  # 48 of 48, each once
+
+
+def test_record_store_moves_a_case_between_index_and_failures_and_repairs_from_records(tmp_path):
+    from medcam_monai.handlers import RecordStore
+
+    store = RecordStore(tmp_path)
+    store.begin()
+    store.put({"case_id": "x", "status": "failed", "error": "boom"})
+    assert json.loads((tmp_path / "failures.json").read_text())[0]["case_id"] == "x"
+    store.put({"case_id": "x", "status": "ok"})
+    assert not (tmp_path / "failures.json").exists() and json.loads((tmp_path / "explanations.json").read_text())[0]["case_id"] == "x"
+    store.end()
+    # a record whose index entry was lost (killed between the two writes) and a truncated index
+    (tmp_path / "records" / "y.json").write_text(json.dumps({"case_id": "y", "status": "ok"}))
+    (tmp_path / "explanations.json").write_text('[{"case_id": "x"')
+    RecordStore(tmp_path).begin()
+    assert [r["case_id"] for r in json.loads((tmp_path / "explanations.json").read_text())] == ["x", "y"]
+
+
+def test_leftovers_are_removed_only_when_no_other_run_is_active(tmp_path):
+    import fcntl
+
+    from medcam_monai.handlers import RecordStore
+
+    (tmp_path / "png").mkdir()
+    leftover = tmp_path / "png" / ".case.png.abc123.part.png"
+    leftover.write_bytes(b"half")
+    keep = tmp_path / "png" / "case.png"
+    keep.write_bytes(b"done")
+    fd = os.open(tmp_path / ".medcam-run.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # another run is writing here
+    try:
+        other = RecordStore(tmp_path)
+        other.begin()
+        assert leftover.exists()  # it may be that run's file in the making
+        other.end()
+    finally:
+        os.close(fd)
+    store = RecordStore(tmp_path)
+    store.begin()
+    store.end()
+    assert not leftover.exists() and keep.read_bytes() == b"done"
+
+
+def test_a_constant_case_is_refused_and_the_others_explained(tmp_path):
+    data = [{"image": np.full((1, 32, 32), 0.5, np.float32)}, {"image": np.random.default_rng(0).random((1, 32, 32), dtype=np.float32)}]
+    loader = DataLoader(Dataset(data, transform=EnsureTyped(keys="image", track_meta=True)), batch_size=2)
+    handler = ExplanationHandler("medcam", MEDCAM, case_errors="skip", output_dir=tmp_path)
+    run_evaluator(tiny_classifier(), handler, loader=loader)
+    assert len(handler.all_records) == 1 and len(handler.all_failures) == 1
+    assert "constant (every value is 0.5" in handler.all_failures[0]["error"]
+    with pytest.raises(InputError, match="constant"):
+        run_evaluator(tiny_classifier(), ExplanationHandler("medcam", MEDCAM, output_dir=tmp_path / "raise"), loader=loader)
+
+
+def test_an_input_the_network_cannot_take_is_named_before_the_evaluators_forward(tmp_path):
+    from medcam_monai.checks import NetworkInputError
+
+    rgb = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    handler = ExplanationHandler("medcam", MEDCAM, output_dir=tmp_path)
+    with pytest.raises(NetworkInputError, match=r"1 channel\(s\).*in_channels=3.*--rgb"):
+        run_evaluator(rgb, handler, n=2)
+
+
+def test_mask_file_pixel_set_is_resampled_onto_the_network_input(tmp_path):
+    import nibabel as nib
+    from monai.data import MetaTensor
+
+    # the network input: a 2x-downsampled copy of a 40x40 source (affine diag(2, 2))
+    image = MetaTensor(torch.rand(1, 20, 20), affine=torch.diag(torch.tensor([2.0, 2.0, 1.0, 1.0])))
+    mask = np.zeros((40, 40), np.uint8)
+    mask[:20, :10] = 1  # 20 x 10 source pixels = 10 x 5 network pixels
+    nib.save(nib.Nifti1Image(mask, np.eye(4)), tmp_path / "mask.nii.gz")
+    loader = DataLoader(Dataset([{"image": image}]), batch_size=1)
+    handler = ExplanationHandler("seg_hires_grad_cam", pixels={"mask": str(tmp_path / "mask.nii.gz")}, target=1, output_dir=tmp_path / "out")
+    run_evaluator(tiny_segmenter(), handler, loader=loader)
+    (r,) = handler.all_records
+    assert r["settings"]["pixels"]["type"] == "Mask" and r["scores"]["pixels"] == 50

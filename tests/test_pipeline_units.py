@@ -11,14 +11,17 @@ import fcntl
 import json
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 import torch
 from pydicom.data import get_testdata_file
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _fake_pacs import object_with_identity  # noqa: E402
 
 from medcam_monai.bundle import BUNDLES_DIR
 from medcam_monai.pipeline import (
@@ -42,7 +45,6 @@ from medcam_monai.pipeline import (
     rules_for_bundle,
     run_pipeline,
     select_series,
-    stamp_identity,
     studies_from_folder,
     volume_problem,
 )
@@ -185,17 +187,6 @@ def test_output_identity_is_deterministic_and_specific():
         output_identity("1.2.3", "k", "", "pm", 902)
 
 
-def test_stamp_identity_changes_only_the_uids(tmp_path):
-    src = sorted(CT5N.iterdir())[0]
-    identity = output_identity("1.2.3", "kidney", "0.1.0", "parametric_map", 902)
-    out = stamp_identity(src, identity, tmp_path / "x.dcm")
-    before, after = pydicom.dcmread(src), pydicom.dcmread(out)
-    assert after.SOPInstanceUID == after.file_meta.MediaStorageSOPInstanceUID == identity.sop_instance_uid
-    assert after.SeriesInstanceUID == identity.series_instance_uid and after.SeriesNumber == 902
-    assert after.StudyInstanceUID == before.StudyInstanceUID
-    np.testing.assert_array_equal(after.pixel_array, before.pixel_array)
-
-
 # -- retry ---------------------------------------------------------------------------------------------------
 def test_retry_backs_off_then_succeeds_or_reports():
     slept = []
@@ -326,7 +317,7 @@ def test_results_wait_in_the_outbox_while_the_pacs_does_not_answer(tmp_path, cap
         src = sorted(folder.iterdir())[0]
         identity = output_identity(f"1.2.{i}", "kidney_ct_unet3d", "0.1.0", "parametric_map", 902)
         box.add(str(pydicom.dcmread(src).StudyInstanceUID), identity.sop_instance_uid,
-                stamp_identity(src, identity, tmp_path / f"obj{i}.dcm"))
+                object_with_identity(src, identity, tmp_path / f"obj{i}.dcm"))
     argv = ["kidney_ct_unet3d", "--pacs", f"http://127.0.0.1:{closed_port()}/dicom-web", "--weights", str(_fake_weights(tmp_path)),
             "--work-dir", str(work), "--retries", "3", "--retry-delay", "0.05"]
     code, records, err = _run(argv, capsys)

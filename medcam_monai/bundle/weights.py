@@ -36,9 +36,10 @@ def check_weights_file(path: str | os.PathLike) -> None:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(
-            f"No weights at {str(path)!r}. The bundle's weights are made by training, not shipped: run "
-            f"`medcam-monai train <bundle>` (or `python -m monai.bundle run --config_file configs/train.json`), "
-            f"or point `ckpt_path` at a state dict of this network."
+            f"No weights at {str(path)!r}. Train the bundle's weights (`medcam-monai train <bundle>` for the "
+            f"project's bundles, `python -m monai.bundle run --config_file configs/train.json` for any bundle), "
+            f"or pass a state dict of its network: --weights FILE on the command line (or --bundle-root FOLDER "
+            f"holding models/model.pt), `ckpt_path`/the CheckpointLoader's `load_path` in the config."
         )
     if is_torchscript_file(path):
         raise WeightsError(

@@ -39,7 +39,7 @@ class _ClassifierCAM(BaseCAM):
             ``(B, num_classes)``.
         """
         start = time.perf_counter()
-        check_image(x)
+        check_image(x, network=self.model)
         xt = x.as_tensor() if hasattr(x, "as_tensor") else x
         with frozen(self.model), gradients_enabled():
             xt = xt.detach().clone()

@@ -109,7 +109,7 @@ class _SegmentationCAM(BaseCAM):
             ``(B, K)`` and ``scores``: ``pixels`` (size of ``M``) and ``target_score`` (``Y``), each ``(B, K)``.
         """
         start = time.perf_counter()
-        check_image(x)
+        check_image(x, network=self.model)
         pixel_set = resolve_pixel_set(pixels)
         xt = x.as_tensor() if hasattr(x, "as_tensor") else x
         with frozen(self.model), gradients_enabled():

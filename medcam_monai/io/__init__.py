@@ -72,7 +72,7 @@ _EXPORTS = {
     "DicomSeriesReference": ".reference",
     "ImageReference": ".reference",
     "WSIReference": ".reference",
-    "as_source_reference": ".reference",
+    "as_source_reference": ".stock",
     "map_on_source": ".geometry",
     "atomic_path": ".atomic",
     "check_writable_dir": ".atomic",

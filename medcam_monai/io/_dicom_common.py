@@ -17,12 +17,13 @@ import pydicom
 
 from medcam_monai.explanation import Explanation
 from medcam_monai.io.codes import MANUFACTURER, software_version
-from medcam_monai.io.dicom_headers import check_uid, fill_missing_identity
+from medcam_monai.io.dicom_headers import fill_missing_identity
 from medcam_monai.io.dicom_series import load_source_headers
 from medcam_monai.io.errors import MissingGeometryError
 from medcam_monai.io.grid import contiguous
 from medcam_monai.io.reference import DicomSeriesReference, SourceReference
 from medcam_monai.io.writer import PreparedCase, Writer
+from medcam_monai.uids import check_uid
 
 __all__ = ["DicomWriter", "source_geometry", "place_on_source", "source_ordered_frames", "next_uid"]
 
@@ -163,7 +164,7 @@ class DicomWriter(Writer):
         for name in ("series_instance_uid", "sop_instance_uid"):
             uid = options.get(name)
             if uid is not None:
-                check_uid(uid, name)
+                check_uid(uid, name, strict=True, fix="Leave it None to generate one.")
                 if uid in own:
                     raise ValueError(f"{name} {uid} is a UID of the source series; a derived object needs new UIDs.")
         if options.get("series_instance_uid") is not None and options.get("series_instance_uid") == options.get("sop_instance_uid"):

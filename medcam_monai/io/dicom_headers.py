@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextvars
 import os
-import re
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -40,7 +39,6 @@ __all__ = [
     "choose_series",
     "check_identity",
     "fill_missing_identity",
-    "check_uid",
 ]
 
 # one volume = one patient, one study, one series, one frame of reference (attribute -> what it names)
@@ -61,8 +59,6 @@ _COPIED_TYPE2 = (
 # type 1 attributes a derived object cannot do without
 _REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "Modality")
 
-# DICOM PS3.5 9.1: components of digits without leading zeros, separated by dots, at most 64 characters
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 Member = tuple[str, pydicom.Dataset]  # (file, header)
 
@@ -240,15 +236,3 @@ def fill_missing_identity(headers: Sequence[pydicom.Dataset], where: str, what: 
                     setattr(ds, k, "")
 
 
-def check_uid(value: str, name: str) -> str:
-    """``value`` when it is a valid DICOM UID (digits and dots, no leading zeros, <= 64 characters).
-
-    Raises:
-        ValueError: naming ``name`` and the rule it breaks.
-    """
-    if not isinstance(value, str) or len(value) > 64 or not _UID.match(value):
-        raise ValueError(
-            f"{name} must be a DICOM UID (digits and dots, components without leading zeros, at most 64 "
-            f"characters), got {value!r}. Leave it None to generate one."
-        )
-    return value

@@ -29,7 +29,11 @@ from medcam_monai.io.dicom_headers import (
     is_image,
     read_header,
 )
-from medcam_monai.io.errors import MissingFrameOfReferenceError, NotAnImageError, UnreadableImageError
+from medcam_monai.io.errors import (
+    MissingFrameOfReferenceError,
+    NotAnImageError,
+    UnreadableImageError,
+)
 from medcam_monai.io.reference import DicomSeriesReference
 from medcam_monai.io.slice_stack import frame_item, planes_of, slice_stack
 

@@ -10,7 +10,12 @@ from monai.data import MetaTensor
 from monai.transforms import SpatialResample
 
 from medcam_monai.explanation import MASK, Explanation
-from medcam_monai.io.grid import apply_correspondence, contiguous, spatial_affine, voxel_correspondence
+from medcam_monai.io.grid import (
+    apply_correspondence,
+    contiguous,
+    spatial_affine,
+    voxel_correspondence,
+)
 from medcam_monai.io.reference import SourceReference
 
 __all__ = ["map_on_source", "on_grid", "sanitize", "normalize_unit", "select_case"]

@@ -3,7 +3,7 @@
 A loading transform (:mod:`medcam_monai.io.transforms`) produces one reference per image and stores
 it, as a JSON string, in the data dictionary (``data[f"source_{key}"]``) and in the MetaTensor's
 meta (``meta["medcam_source"]``). A JSON string survives MONAI's collation, ``decollate_batch``
-and bundle configs unchanged; :func:`as_source_reference` turns it (or a dict, a MetaTensor, or a
+and bundle configs unchanged; :func:`medcam_monai.io.stock.as_source_reference` turns it (or a dict, a MetaTensor, or a
 reference) back into the typed object.
 """
 
@@ -20,7 +20,7 @@ __all__ = [
     "DicomSeriesReference",
     "ImageReference",
     "WSIReference",
-    "as_source_reference",
+    "reference_from_json",
     "SOURCE_META_KEY",
 ]
 
@@ -174,47 +174,18 @@ class WSIReference(SourceReference):
 _TYPES = {cls.type: cls for cls in (ImageReference, DicomSeriesReference, WSIReference)}
 
 
-def as_source_reference(source: Any) -> SourceReference:
-    """Return the typed reference held by ``source``.
-
-    Args:
-        source: a :class:`SourceReference`; its JSON string or dict; a MetaTensor (or a meta dict)
-            whose meta holds ``"medcam_source"`` (set by this package's loaders) or, from stock MONAI
-            loading, ``filename_or_obj``/``spatial_shape``/``original_affine`` (see
-            :mod:`medcam_monai.io.stock`); or a list of one of these (one case of a batch).
-
-    Raises:
-        TypeError: nothing that names a source reference.
-    """
-    if isinstance(source, SourceReference):
-        return source
-    if isinstance(source, (list, tuple)) and len(source) == 1:
-        return as_source_reference(source[0])
-    meta = getattr(source, "meta", None)
-    if isinstance(meta, dict) and SOURCE_META_KEY in meta:
-        return as_source_reference(meta[SOURCE_META_KEY])
-    if isinstance(source, dict) and SOURCE_META_KEY in source:
-        return as_source_reference(source[SOURCE_META_KEY])
-    from medcam_monai.io.stock import has_stock_meta, reference_from_meta
-
-    for candidate in (meta, source):
-        if has_stock_meta(candidate):
-            return reference_from_meta(candidate)
+def reference_from_json(source: str | dict) -> SourceReference:
+    """The typed reference of its JSON string or dict (as :meth:`SourceReference.to_json` wrote it)."""
     if isinstance(source, str):
         try:
             source = json.loads(source)
         except json.JSONDecodeError as e:
             raise TypeError(f"A source reference string must be the JSON from SourceReference.to_json(): {e}") from None
-    if isinstance(source, dict) and "type" in source:
-        d = dict(source)
-        cls = _TYPES.get(d.pop("type"))
-        if cls is None:
-            raise TypeError(f"Unknown source reference type {source['type']!r}; expected one of {sorted(_TYPES)}.")
-        for k in ("affine",):
-            d[k] = tuple(tuple(r) for r in d[k])
-        return cls(**d)
-    raise TypeError(
-        f"Cannot find a source reference in {type(source).__name__}. Pass the image as loaded by MONAI's LoadImaged "
-        f"(its meta names the file and grid), or the reference made by this package's loaders "
-        f"(data['source_<key>'] or image.meta['{SOURCE_META_KEY}'])."
-    )
+    if not isinstance(source, dict) or "type" not in source:
+        raise TypeError(f"A source reference is a dict with a 'type' key, got {type(source).__name__}.")
+    d = dict(source)
+    cls = _TYPES.get(d.pop("type"))
+    if cls is None:
+        raise TypeError(f"Unknown source reference type {source['type']!r}; expected one of {sorted(_TYPES)}.")
+    d["affine"] = tuple(tuple(r) for r in d["affine"])
+    return cls(**d)

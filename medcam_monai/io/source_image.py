@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from medcam_monai.io.grid import apply_correspondence, contiguous, voxel_correspondence
-from medcam_monai.io.reference import DicomSeriesReference, SourceReference, WSIReference
+from medcam_monai.io.reference import (
+    DicomSeriesReference,
+    SourceReference,
+    WSIReference,
+)
 
 __all__ = ["load_source_image"]
 

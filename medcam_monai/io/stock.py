@@ -21,12 +21,22 @@ from typing import Any
 
 import numpy as np
 
-from medcam_monai.io.errors import IrregularSpacingError, MissingGeometryError, MultipleSeriesError
+from medcam_monai.io.errors import (
+    IrregularSpacingError,
+    MissingGeometryError,
+    MultipleSeriesError,
+)
 from medcam_monai.io.formats import is_dicom_file, suffix_kind
 from medcam_monai.io.grid import spatial_affine, voxel_correspondence
-from medcam_monai.io.reference import DicomSeriesReference, ImageReference, SourceReference
+from medcam_monai.io.reference import (
+    SOURCE_META_KEY,
+    DicomSeriesReference,
+    ImageReference,
+    SourceReference,
+    reference_from_json,
+)
 
-__all__ = ["STOCK_META_KEYS", "has_stock_meta", "reference_from_meta", "series_uid_in_meta"]
+__all__ = ["STOCK_META_KEYS", "has_stock_meta", "reference_from_meta", "series_uid_in_meta", "as_source_reference"]
 
 STOCK_META_KEYS = ("filename_or_obj", "spatial_shape")
 
@@ -157,3 +167,36 @@ def _dicom_reference(path: Any, affine: np.ndarray, shape: tuple[int, ...], seri
             f"voxels of DICOM series {where} as its headers place them; a derived object would be misplaced. {fix}"
         )
     return ref
+
+
+def as_source_reference(source: Any) -> SourceReference:
+    """Return the typed reference held by ``source``.
+
+    Args:
+        source: a :class:`SourceReference`; its JSON string or dict; a MetaTensor (or a meta dict)
+            whose meta holds ``"medcam_source"`` (set by this package's loaders) or, from stock MONAI
+            loading, ``filename_or_obj``/``spatial_shape``/``original_affine``; or a list of one of
+            these (one case of a batch).
+
+    Raises:
+        TypeError: nothing that names a source reference.
+    """
+    if isinstance(source, SourceReference):
+        return source
+    if isinstance(source, (list, tuple)) and len(source) == 1:
+        return as_source_reference(source[0])
+    meta = getattr(source, "meta", None)
+    if isinstance(meta, dict) and SOURCE_META_KEY in meta:
+        return as_source_reference(meta[SOURCE_META_KEY])
+    if isinstance(source, dict) and SOURCE_META_KEY in source:
+        return as_source_reference(source[SOURCE_META_KEY])
+    for candidate in (meta, source):
+        if has_stock_meta(candidate):
+            return reference_from_meta(candidate)
+    if isinstance(source, (str, dict)):
+        return reference_from_json(source)
+    raise TypeError(
+        f"Cannot find a source reference in {type(source).__name__}. Pass the image as loaded by MONAI's LoadImaged "
+        f"(its meta names the file and grid), or the reference made by this package's loaders "
+        f"(data['source_<key>'] or image.meta['{SOURCE_META_KEY}'])."
+    )

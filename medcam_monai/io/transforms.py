@@ -23,7 +23,12 @@ from medcam_monai.io.dicom_series import read_dicom
 from medcam_monai.io.errors import UnreadableImageError
 from medcam_monai.io.formats import suffix_kind
 from medcam_monai.io.grid import spatial_affine
-from medcam_monai.io.reference import SOURCE_META_KEY, ImageReference, SourceReference, WSIReference
+from medcam_monai.io.reference import (
+    SOURCE_META_KEY,
+    ImageReference,
+    SourceReference,
+    WSIReference,
+)
 
 __all__ = ["SourceLoaderd", "LoadDicomd", "LoadImageSourced", "LoadWSId"]
 

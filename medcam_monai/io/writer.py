@@ -35,7 +35,8 @@ from medcam_monai.io.atomic import atomic_path
 from medcam_monai.io.codes import default_color
 from medcam_monai.io.dicom_headers import header_cache
 from medcam_monai.io.geometry import map_on_source, normalize_unit, select_case
-from medcam_monai.io.reference import SourceReference, as_source_reference
+from medcam_monai.io.reference import SourceReference
+from medcam_monai.io.stock import as_source_reference
 
 __all__ = ["SOURCE_KINDS", "Writer", "SegmentWriter", "PreparedCase", "check_threshold", "check_channel"]
 

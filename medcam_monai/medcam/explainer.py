@@ -219,7 +219,7 @@ class MedCAM:
             ``history`` (every loss term per step), ``steps``, ``stop_reason`` and ``seconds``.
         """
         start = time.perf_counter()
-        spatial_dims = check_image(x, name="image")
+        spatial_dims = check_image(x, name="image", network=self.classifier)
         meta_source = x
         x = x.as_tensor() if hasattr(x, "as_tensor") else x
         x = x.detach().float()

@@ -7,7 +7,8 @@ Instance UIDs on a DICOMweb server), selects the series the bundle accepts
 PACS by STOW-RS or C-STORE (:mod:`~medcam_monai.pipeline.pacs`), without duplicates
 (:mod:`~medcam_monai.pipeline.identity`), with retries (:mod:`~medcam_monai.pipeline.retry`) and an
 on-disk outbox (:mod:`~medcam_monai.pipeline.outbox`); one JSON line per study
-(:mod:`~medcam_monai.pipeline.step`).
+(:mod:`~medcam_monai.pipeline.step`). Nothing read from a file or a PACS becomes a path unchecked, and
+nothing outside the work folder is deleted (:mod:`~medcam_monai.pipeline.paths`).
 """
 
 from medcam_monai.lazy import lazy_exports
@@ -32,7 +33,10 @@ _EXPORTS = {
     "StudyInputError": ".errors",
     "OutputIdentity": ".identity",
     "output_identity": ".identity",
-    "stamp_identity": ".identity",
+    "has_identity": ".identity",
+    "check_uid": ".paths",
+    "remove_tree": ".paths",
+    "remove_file": ".paths",
     "Outbox": ".outbox",
     "DicomWebPacs": ".pacs",
     "DimsePacs": ".pacs",
@@ -85,7 +89,10 @@ __all__ = [
     "Outbox",
     "OutputIdentity",
     "output_identity",
-    "stamp_identity",
+    "has_identity",
+    "check_uid",
+    "remove_tree",
+    "remove_file",
     "PipelineError",
     "StudyInputError",
     "NoMatchingSeriesError",

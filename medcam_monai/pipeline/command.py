@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["add_pipeline_parser", "build_pipeline_parser", "run_pipeline", "build_step", "PASSWORD_ENV"]
+__all__ = ["add_pipeline_parser", "build_pipeline_parser", "run_pipeline", "build_step", "check_private_file", "PASSWORD_ENV"]
 
 from medcam_monai.io.formats import SEG_TYPES
 
@@ -34,8 +34,9 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--pacs", required=True, metavar="URL",
                    help="where results go: http(s)://host:port/dicom-web (STOW-RS) or dimse://AET@host:port (C-STORE)")
     p.add_argument("--source-url", metavar="URL", help="DICOMweb server to read Study Instance UIDs from (default: --pacs when it is DICOMweb)")
-    p.add_argument("--pacs-user", help=f"DICOMweb user (HTTP basic); the password comes from ${PASSWORD_ENV} or --pacs-password-file")
-    p.add_argument("--pacs-password-file", help="file holding the DICOMweb password (first line)")
+    p.add_argument("--pacs-user", help=f"DICOMweb user (HTTP basic); the password comes from ${PASSWORD_ENV} (removed from the "
+                                       f"step's environment once read) or --pacs-password-file")
+    p.add_argument("--pacs-password-file", help="file holding the DICOMweb password (first line); must be private (chmod 600)")
     p.add_argument("--calling-aet", default="MEDCAM", help="our AE title for DIMSE (default: MEDCAM)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the PACS per request (default: 30)")
     p.add_argument("--retries", type=int, default=5, help="tries per PACS operation before giving up for this run (default: 5)")
@@ -73,7 +74,28 @@ def build_pipeline_parser() -> argparse.ArgumentParser:
     return _configure(p)
 
 
+def check_private_file(path: Path, what: str) -> None:
+    """Refuse a secret file that the group or others may read or write, as ssh refuses a private key.
+
+    Raises:
+        ValueError: with the mode found and the ``chmod 600`` that fixes it.
+    """
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ValueError(
+            f"{what} {str(path)!r} is accessible by other users (mode {mode:04o}); a password file must be private. "
+            f"Fix it with: chmod 600 {str(path)!r}"
+        )
+
+
 def _password(args: argparse.Namespace) -> str | None:
+    """The DICOMweb password, from --pacs-password-file or $MEDCAM_PACS_PASSWORD.
+
+    The variable is removed from this process's environment once read (also when unused): the step
+    evaluates the bundle's config expressions, which can read the environment and start processes
+    that inherit it, and they have no business with the PACS password.
+    """
+    from_env = os.environ.pop(PASSWORD_ENV, None)
     if args.pacs_user is None:
         if args.pacs_password_file:
             raise ValueError("--pacs-password-file needs --pacs-user.")
@@ -82,12 +104,12 @@ def _password(args: argparse.Namespace) -> str | None:
         path = Path(args.pacs_password_file)
         if not path.is_file():
             raise ValueError(f"--pacs-password-file {str(path)!r} does not exist.")
+        check_private_file(path, "--pacs-password-file")
         lines = path.read_text().splitlines()
         return lines[0] if lines else ""
-    password = os.environ.get(PASSWORD_ENV)
-    if password is None:
+    if from_env is None:
         raise ValueError(f"--pacs-user {args.pacs_user!r} needs a password: set ${PASSWORD_ENV} or pass --pacs-password-file.")
-    return password
+    return from_env
 
 
 def _rules(args: argparse.Namespace, bundle_folder: Path):

@@ -180,13 +180,25 @@ class DicomWebPacs:
         return [pydicom.Dataset.from_json(m, bulk_data_uri_handler=lambda *a: None) for m in metadata]
 
     def retrieve_series(self, study_uid: str, series_uid: str, folder: str | Path) -> list[Path]:
-        """Download a series (WADO-RS) into ``folder``, one ``<SOPInstanceUID>.dcm`` per instance."""
+        """Download a series (WADO-RS) into ``folder``, one ``00000.dcm``, ``00001.dcm``, ... per instance.
+
+        Files are named by position, never by a UID the server sent (it could hold ``../``).
+
+        Raises:
+            PacsRejectedError: the server sent an instance of another study or series.
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         datasets = self._call(lambda: self._client.retrieve_series(study_uid, series_uid), f"retrieve series {series_uid}")
         paths = []
-        for ds in datasets:
-            path = folder / f"{ds.SOPInstanceUID}.dcm"
+        for i, ds in enumerate(datasets):
+            got = (str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")))
+            if got != (study_uid, series_uid):
+                raise PacsRejectedError(
+                    f"{self.description} answered the request for series {series_uid} of study {study_uid} with an "
+                    f"instance of series {got[1][:70]!r} of study {got[0][:70]!r}; nothing of it is used."
+                )
+            path = folder / f"{i:05d}.dcm"
             ds.save_as(path, enforce_file_format=True)
             paths.append(path)
         return paths

@@ -16,7 +16,8 @@ Without that key the modality of ``network_data_format.inputs.image.modality`` i
 ``metadata.json`` is used alone. On top of the rules, a series must be a volume: cross-sectional
 image storage (CT, MR, PET; never a SEG, Parametric Map or SR, so earlier outputs are never
 re-explained), one stack as the loader checks it (one orientation, size and pixel spacing, distinct
-and evenly spaced slice positions), at least ``min_slices`` slices.
+and evenly spaced slice positions), at least ``min_slices`` slices, and a SeriesInstanceUID that
+is a DICOM UID (it names a scratch folder).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pydicom import uid as _uid
 from medcam_monai.io.errors import IrregularSpacingError, MissingGeometryError
 from medcam_monai.io.slice_stack import SliceStackError, planes_of, slice_stack
 from medcam_monai.pipeline.errors import NoMatchingSeriesError
+from medcam_monai.pipeline.paths import is_uid
 
 __all__ = [
     "SeriesRules",
@@ -44,6 +46,7 @@ __all__ = [
     "volume_problem",
     "select_series",
     "partition_series",
+    "uid_problem",
     "no_match_error",
 ]
 
@@ -210,7 +213,8 @@ class SeriesInfo:
     def label(self) -> str:
         """A human name for messages: number, modality, description, instance count and UID."""
         number = f"#{self.series_number} " if self.series_number else ""
-        return f"series {number}{self.modality or '?'} {self.description!r} ({len(self.headers)} instance(s), {self.series_instance_uid})"
+        uid = self.series_instance_uid if is_uid(self.series_instance_uid) else repr(self.series_instance_uid[:100])
+        return f"series {number}{self.modality or '?'} {self.description!r} ({len(self.headers)} instance(s), {uid})"
 
 
 def group_series(headers: Iterable[pydicom.Dataset], paths: Sequence[str] | None = None) -> dict[str, list[SeriesInfo]]:
@@ -282,12 +286,21 @@ def volume_problem(series: SeriesInfo, min_slices: int = 3) -> str | None:
     return None
 
 
+def uid_problem(series: SeriesInfo) -> str | None:
+    """Why the series' SeriesInstanceUID cannot be used (it names the step's scratch folder), or None."""
+    if is_uid(series.series_instance_uid):
+        return None
+    shown = series.series_instance_uid[:100]
+    return (f"its SeriesInstanceUID {shown!r} is not a DICOM UID (digits and dots, at most 64 characters); "
+            f"refused: the step never uses such a value as a name")
+
+
 def partition_series(series: Sequence[SeriesInfo], rules: SeriesRules) -> tuple[list[SeriesInfo], list[tuple[str, str]]]:
     """Split one study's series into those ``rules`` accept (and that are volumes) and the others,
     each with the reason it was not taken: ``(selected, [(series label, reason), ...])``."""
     selected, rejected = [], []
     for s in series:
-        problem = rules.rule_problem(s)
+        problem = uid_problem(s) or rules.rule_problem(s)
         if problem is None:
             shape = volume_problem(s, rules.min_slices)
             problem = None if shape is None else f"matches the rules but is not a volume: {shape}"

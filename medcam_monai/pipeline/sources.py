@@ -1,7 +1,9 @@
 """Where studies come from: a DICOM folder on disk, or a Study Instance UID on a DICOMweb server.
 
 Either way the step first sees headers only (to select series without moving pixels), then
-materialises just the selected series as a folder of files for the bundle's ``LoadDicomd``.
+materialises just the selected series as a folder of files for the bundle's ``LoadDicomd``. Files
+in that folder are named by their position (``00000.dcm``, ...), never by a UID read from a file
+or a server.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from medcam_monai.pipeline.errors import StudyInputError
-from medcam_monai.pipeline.outbox import check_uid
+from medcam_monai.pipeline.paths import check_uid, is_uid
 from medcam_monai.pipeline.selection import SeriesInfo, group_series
 
 __all__ = ["StudyInput", "studies_from_folder", "study_from_dicomweb"]
@@ -32,12 +34,15 @@ class StudyInput:
         series: its series (headers only).
         fetch: ``fetch(series, folder) -> folder`` puts the series' files in ``folder`` and returns
             the folder to load.
+        problem: why the study cannot be processed (e.g. its StudyInstanceUID is not a UID); the
+            step reports it and touches nothing.
     """
 
     study_instance_uid: str
     source: str
     series: list[SeriesInfo]
     fetch: Callable[[SeriesInfo, Path], Path]
+    problem: str | None = None
 
 
 def _link_series(series: SeriesInfo, folder: Path) -> Path:
@@ -69,6 +74,8 @@ def studies_from_folder(path: str | os.PathLike) -> list[StudyInput]:
                 ds = pydicom.dcmread(file, stop_before_pixels=True)
             except (InvalidDicomError, OSError, EOFError, ValueError):
                 continue
+            except Exception:  # noqa: BLE001 - a malformed file (hostile or broken) is not DICOM to us
+                continue
             if "SOPInstanceUID" in ds and "SeriesInstanceUID" in ds:  # not a DICOMDIR
                 headers.append(ds)
                 paths.append(file)
@@ -76,7 +83,9 @@ def studies_from_folder(path: str | os.PathLike) -> list[StudyInput]:
         raise StudyInputError(f"No DICOM instances in {str(root)!r}.")
     studies = group_series(headers, paths)
     return [
-        StudyInput(check_uid(uid, "StudyInstanceUID"), str(root), series, _link_series)
+        StudyInput(uid, str(root), series, _link_series, None if is_uid(uid) else (
+            f"its StudyInstanceUID {uid[:100]!r} is not a DICOM UID (digits and dots, at most 64 characters); "
+            f"refused, nothing was run or written for it"))
         for uid, series in studies.items()
     ]
 

@@ -7,18 +7,24 @@ outbox; then store everything waiting for the study, checking the PACS before ea
 
 Failures stay inside their study: a PACS that is down is retried with backoff and the results wait
 in the outbox for the next run (which stores them first, even for studies not given again); a
-refused object is moved to ``rejected/`` with the reason; bad input is reported. The JSON line
-(``status``: ``stored``, ``already_stored``, ``no_matching_series``, ``pending``, ``failed``)
-goes to stdout and is appended to ``<work_dir>/pipeline.jsonl``.
+refused object, or one the step cannot read back, is moved to ``rejected/`` with the reason; bad
+input is reported. The JSON line (``status``: ``stored``, ``already_stored``,
+``no_matching_series``, ``pending``, ``failed``) goes to stdout and is appended to
+``<work_dir>/pipeline.jsonl``.
+
+Nothing read from a file or a PACS becomes a path unchecked (:mod:`~medcam_monai.pipeline.paths`),
+and nothing outside ``<work_dir>`` is ever deleted. A run holds ``<work_dir>/.lock``; it starts by
+removing what a killed run left (``scratch/``, ``.part`` files), so a crash at any point leaves
+nothing behind after the next run, and stores nothing twice.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,8 +42,9 @@ from medcam_monai.pipeline.errors import (
     PacsUnavailableError,
     PipelineError,
 )
-from medcam_monai.pipeline.identity import stamp_identity
-from medcam_monai.pipeline.outbox import Outbox, check_uid
+from medcam_monai.pipeline.identity import has_identity
+from medcam_monai.pipeline.outbox import Outbox
+from medcam_monai.pipeline.paths import check_uid, remove_tree
 from medcam_monai.pipeline.pacs import Pacs
 from medcam_monai.pipeline.retry import RetryPolicy
 from medcam_monai.pipeline.selection import SeriesInfo, SeriesRules, no_match_error, partition_series
@@ -66,10 +73,11 @@ def work_dir_lock(work_dir: Path) -> Iterator[None]:
             raise PipelineError(
                 f"Another pipeline run (pid {f.read().strip() or '?'}) is using {str(work_dir)!r}; wait for it or use another --work-dir."
             ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
+        try:  # the pid is for the message above (unbuffered: a full disk must not stop the run here or at close)
+            os.ftruncate(f.fileno(), 0)
+            os.pwrite(f.fileno(), str(os.getpid()).encode(), 0)
+        except OSError:
+            pass
         try:
             yield
         finally:
@@ -147,12 +155,13 @@ class PipelineStep:
             One record per study (also printed as JSON lines and appended to ``pipeline.jsonl``).
         """
         with work_dir_lock(self.work_dir):
+            self._remove_leftovers()
             studies, records = [], []
             for item in inputs:
                 start = time.monotonic()
                 try:
                     studies.extend(self.resolve(item))
-                except (PipelineError, OSError) as e:
+                except Exception as e:  # noqa: BLE001 - one unreadable input is reported, the others go on
                     records.append(self._emit(self._record(None, item, start, error=e)))
             given = {s.study_instance_uid for s in studies}
             for study_uid in self.outbox.studies():
@@ -162,6 +171,17 @@ class PipelineStep:
                 records.append(self._emit(self.process(study)))
             return records
 
+    def _remove_leftovers(self) -> None:
+        """What a killed run left: its scratch folder (copies of patient data) and ``.part`` files.
+
+        Only called under the work folder's lock, when no other run can be using them.
+        """
+        if self.scratch.exists() or self.scratch.is_symlink():
+            logger.info("removing %s left by an interrupted run", self.scratch)
+            remove_tree(self.scratch, self.work_dir)
+        for part in self.outbox.remove_partial_files():
+            logger.info("removed %s left by an interrupted run", part)
+
     def _record(self, study_uid: str | None, source: str, start: float, error: BaseException | None = None) -> dict[str, Any]:
         record = {
             "time": _now(),
@@ -169,6 +189,7 @@ class PipelineStep:
             "source": source,
             "bundle": self.runner.name,
             "bundle_version": self.runner.version,
+            "output_settings": getattr(self.runner, "settings", None),
             "pacs": self.pacs.description,
             "status": "failed" if error is not None else None,
             "series": [],
@@ -182,13 +203,33 @@ class PipelineStep:
 
     def _emit(self, record: dict[str, Any]) -> dict[str, Any]:
         line = json.dumps(record)
-        with open(self.log_path, "a") as f:
-            f.write(line + "\n")
+        try:
+            self._append_log(line)
+        except OSError as e:  # a full disk must not hide the result: stdout still gets the line
+            logger.error("could not append to %s (%s); the JSON line is on stdout only", self.log_path, _describe_os_error(e, self.work_dir))
         print(line, file=self.out, flush=True)
         if record["status"] not in OK_STATUSES or record["error"]:
             logger.warning("study %s: %s%s", record["study_instance_uid"] or record["source"], record["status"],
                            f": {record['error']}" if record["error"] else "")
         return record
+
+    def _append_log(self, line: str) -> None:
+        """Append one line to ``pipeline.jsonl`` in one ``write`` (a killed run cannot leave half a
+        line); a short write (disk full) is undone, so the log stays one JSON object per line."""
+        data = (line + "\n").encode()
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                written = os.write(fd, data)
+            except OSError:
+                os.ftruncate(fd, size)
+                raise
+            if written != len(data):
+                os.ftruncate(fd, size)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.log_path))
+        finally:
+            os.close(fd)
 
     def _flush_only(self, study_uid: str) -> dict[str, Any]:
         start = time.monotonic()
@@ -202,6 +243,10 @@ class PipelineStep:
     def process(self, study: StudyInput) -> dict[str, Any]:
         """Select, explain and store one study; never raises (the record says what went wrong)."""
         start = time.monotonic()
+        if study.problem:
+            error = PipelineError(f"Study in {study.source}: {study.problem}.")
+            record = self._record(study.study_instance_uid[:100], study.source, start, error=error)
+            return record
         record = self._record(study.study_instance_uid, study.source, start)
         selected, skipped = partition_series(study.series, self.rules)
         record["skipped_series"] = [{"series": label, "reason": why} for label, why in skipped]
@@ -219,7 +264,7 @@ class PipelineStep:
             try:
                 entry["inference"] = self._explain_series(study, series, entry["_outputs"])
             except Exception as e:  # noqa: BLE001 - one series' failure is reported, the others go on
-                entry.update(inference="failed", error=f"{type(e).__name__}: {e}")
+                entry.update(inference="failed", error=self._series_error(e))
                 for o in entry["_outputs"]:
                     o["status"] = "not_made" if o["status"] == "pending" else o["status"]
                 logger.warning("%s of study %s failed: %s: %s", series.label, study.study_instance_uid, type(e).__name__, e)
@@ -235,6 +280,14 @@ class PipelineStep:
             record["status"] = self._status(record)
         record["seconds"] = round(time.monotonic() - start, 2)
         return record
+
+    def _series_error(self, e: BaseException) -> str:
+        """The JSON line's error for a failed series; a full disk says where and what to do (the
+        bundle's own message would point at its ``output_dir``, which the step chooses)."""
+        if _disk_full(e):
+            return (f"{type(e).__name__}: {os.strerror(errno.ENOSPC)}: the work folder is full ({self.work_dir}). Free space "
+                    f"there (or pass another --work-dir); nothing of this series was kept, the next run explains it again")
+        return f"{type(e).__name__}: {e}"
 
     @staticmethod
     def _status(record: dict[str, Any]) -> str:
@@ -275,18 +328,37 @@ class PipelineStep:
             if not missing:
                 return "skipped: results waiting in outbox"
             return "skipped: results already in PACS" if len(missing) == len(identities) else "skipped: results in PACS and outbox"
-        scratch = self.scratch / study_uid / series.series_instance_uid
-        shutil.rmtree(scratch, ignore_errors=True)
+        # both UIDs were checked (sources, selection) and the folder is checked again before deleting
+        scratch = self.scratch / check_uid(study_uid, "StudyInstanceUID") / check_uid(series.series_instance_uid, "SeriesInstanceUID")
+        remove_tree(scratch, self.scratch)
         try:
             folder = study.fetch(series, scratch / "source")
             logger.info("running bundle %s %s on %s", self.runner.name, self.runner.version, series.label)
-            files = self.runner.run(folder, series.series_instance_uid, scratch / "bundle")
+            files = self.runner.run(folder, series.series_instance_uid, scratch / "bundle", identities=todo)
             for identity in todo:
-                stamped = stamp_identity(files[identity.kind], identity, scratch / f"{identity.sop_instance_uid}.dcm")
-                self.outbox.add(study_uid, identity.sop_instance_uid, stamped)
+                self.outbox.add(study_uid, identity.sop_instance_uid, self._checked_identity(files[identity.kind], identity))
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)  # source copies may hold patient data: keep none
+            remove_tree(scratch, self.scratch)  # source copies may hold patient data: keep none
+            self._tidy_scratch(scratch.parent)
         return "ran"
+
+    def _tidy_scratch(self, folder: Path) -> None:
+        for f in (folder, self.scratch):
+            try:
+                f.rmdir()  # only when empty
+            except OSError:
+                pass
+
+    @staticmethod
+    def _checked_identity(path: Path, identity) -> Path:
+        """``path`` (a written output), checked to carry the UIDs the writer was given: the outbox and the
+        PACS look objects up by them, so an object with other UIDs would be stored again every night."""
+        if not has_identity(path, identity):
+            raise PipelineError(
+                f"The {identity.kind} writer was given SOP Instance {identity.sop_instance_uid} but wrote other UIDs to "
+                f"{path}; refusing to queue it (it could never be found again in the PACS)."
+            )
+        return path
 
     # -- storing --------------------------------------------------------------------------------------------
     def flush(self, study_uid: str) -> list[dict[str, Any]]:
@@ -299,7 +371,11 @@ class PipelineStep:
         results = []
         blocked: PacsError | None = None  # once the PACS is down or refuses us, don't hammer it
         for path in self.outbox.pending(study_uid):
-            ds = pydicom.dcmread(path)
+            try:
+                ds = self.outbox.read(path)
+            except ValueError as e:  # corrupt or not what it claims: set aside, the others go on
+                results.append(self._quarantine(study_uid, path, str(e)))
+                continue
             result = {"kind": _kind(ds), "series_instance_uid": str(ds.SeriesInstanceUID),
                       "sop_instance_uid": str(ds.SOPInstanceUID), "status": "pending", "error": None}
             results.append(result)
@@ -323,6 +399,41 @@ class PipelineStep:
                 result["error"] = str(e)
                 blocked = e
         return results
+
+    def _quarantine(self, study_uid: str, path: Path, problem: str) -> dict[str, Any]:
+        """Move an outbox file the step cannot use to ``rejected/`` with the reason; its result line."""
+        reason = (f"{path.name} was set aside from the outbox of study {study_uid} without being stored: {problem}. "
+                  f"Delete it when it is not needed; running the study again remakes its results.")
+        result = {"kind": None, "series_instance_uid": None, "sop_instance_uid": path.stem, "status": "rejected", "error": reason}
+        try:
+            result["file"] = str(self.outbox.mark_rejected(path, reason))
+            logger.warning("%s", reason)
+        except OSError as e:
+            result.update(status="pending", error=f"{reason} Moving it to rejected/ failed too: {e}")
+            logger.error("%s", result["error"])
+        return result
+
+
+def _disk_full(e: BaseException) -> bool:
+    """Whether ``e`` or an error under it is a full disk (ENOSPC, EDQUOT), also when a wrapper kept only its text."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [e]
+    while stack:
+        x = stack.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if os.strerror(errno.ENOSPC) in str(x) or os.strerror(errno.EDQUOT) in str(x):
+            return True
+        stack += [x.__cause__, x.__context__, getattr(x, "cause", None)]
+    return False
+
+
+def _describe_os_error(e: OSError, work_dir: Path) -> str:
+    where = f" ({e.filename})" if getattr(e, "filename", None) else f" (in {work_dir})"
+    return f"{e.strerror or e}{where}"
 
 
 def _kind(ds: pydicom.Dataset) -> str:
