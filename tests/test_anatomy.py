@@ -27,6 +27,29 @@ DICE_FLOOR = {1: 0.70, 2: 0.55}
 ENERGY_FLOOR = 0.60
 
 
+@pytest.mark.parametrize("bundle", ["brain_tissue_unet3d", "brain_lesion_resnet10t"])
+def test_anatomy_bundles_layout_metadata_and_network_io(bundle):
+    """Both bundles have the layout MONAI's bundle specification asks for, metadata valid against its
+    schema (kept in tests/data, offline) and a network whose input and output match the metadata."""
+    import json
+    from pathlib import Path
+
+    from monai.bundle import verify_metadata, verify_net_in_out
+
+    from medcam_monai.bundle import BUNDLES_DIR
+
+    root = BUNDLES_DIR / bundle
+    required = ["configs/metadata.json", "configs/inference.json", "configs/train.json", "configs/logging.conf",
+                "configs/multi_process_inference.json", "docs/README.md", "LICENSE"]
+    assert [f for f in required if not (root / f).is_file()] == []
+    schema = Path(__file__).resolve().parent / "data" / "meta_schema_20240725.json"
+    verify_metadata(meta_file=str(root / "configs/metadata.json"), filepath=str(schema))
+    verify_net_in_out(net_id="network_def", meta_file=str(root / "configs/metadata.json"),
+                      config_file=str(root / "configs/inference.json"), device="cpu")
+    for name in ("inference.json", "train.json"):  # trained from scratch here: nothing is downloaded
+        assert json.loads((root / "configs" / name).read_text())["network_def"].get("pretrained", False) is False
+
+
 def test_template_is_read_from_the_wheels():
     t = load_template()
     assert t.shape == (197, 233, 189) and np.allclose(np.diag(t.affine)[:3], 1.0)  # 1 mm RAS
@@ -177,3 +200,31 @@ def test_medcam_mask_overlaps_the_planted_lesion(lesion_classifier):
     area = masks.flatten(1).float().mean(1)
     overlapping = int(((iou >= 0.1) & (area < 0.1)).sum())
     assert overlapping >= OVERLAP_FLOOR, (iou.tolist(), area.tolist())
+
+
+@pytest.mark.parametrize("name", ["mni_las2mm_oblique", "mni_3p5mm_tilted"])
+def test_mr_series_keeps_the_geometry_through_the_dicom_loader(tmp_path, name):
+    """A held-aside case written as a DICOM MR series (an LAS oblique grid is left-handed: written
+    reversed) reads back through the project's DICOM loader with the affine and pixels written;
+    dciodvfy finds no errors."""
+    from _io_support import dciodvfy_errors
+
+    from medcam_monai.data.anatomy.dicom_mr import dicom_geometry, write_mr_series
+    from medcam_monai.io import LoadDicomd
+
+    case = tissue.acquire(tissue.HELD_ASIDE[name])
+    series = write_mr_series(case.image, case.affine, tmp_path / "series")
+    assert len(series.files) == case.image.shape[2]
+    assert dicom_geometry(series.affine).right_handed and (dicom_geometry(case.affine).right_handed == (name != "mni_las2mm_oblique"))
+    loaded = LoadDicomd("image")({"image": str(series.folder)})["image"]
+    np.testing.assert_allclose(np.asarray(loaded.affine), series.affine, atol=1e-3)
+    np.testing.assert_allclose(np.asarray(loaded[0]), series.volume * 1000, atol=1.0)  # uint16 of volume x 1000
+    # the same voxels in space as the NIfTI grid: world position of voxel (0, 0, 0) of the written grid
+    world = series.affine @ np.array([0, 0, 0, 1.0])
+    k = 0 if dicom_geometry(case.affine).right_handed else case.image.shape[2] - 1
+    np.testing.assert_allclose(world, case.affine @ np.array([0, 0, k, 1.0]), atol=1e-3)
+    assert dciodvfy_errors(series.files[0]) == []
+    with pytest.raises(FileExistsError, match="already holds DICOM"):
+        write_mr_series(case.image, case.affine, tmp_path / "series")
+    with pytest.raises(ValueError, match=">= 0"):
+        write_mr_series(-case.image, case.affine, tmp_path / "other")
