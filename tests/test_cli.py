@@ -180,6 +180,7 @@ def test_demo_quick_writes_every_format_and_prints_where(tmp_path):
     lines = [line for line in proc.stdout.splitlines() if line.startswith("  mni152_lesions_test_")]
     assert lines and all(": right" in line or "the model is wrong here" in line for line in lines)
     assert "grey matter" in proc.stdout and "inside the brain" in proc.stdout  # the 3D case is the MNI brain
+    assert "(Seg-Grad CAM on the same case: " in proc.stdout  # and the two segmentation CAMs are compared
 
 
 def test_demo_fails_with_non_zero_exit_and_a_message(tmp_path, capsys):
