@@ -313,7 +313,8 @@ def run_demo(
     # the same case with Seg-Grad CAM: its pooled channel weights also light up the background's
     # activations, which is why the bundle explains with Seg-HiRes-Grad CAM; shown so the reader can compare
     grad_records = explain_with_bundle(tissue_bundle, out / "mri_seg_grad_cam", root=tissue_root, datalist=[{"image": case["image"]}],
-                                       kind="nifti", writers=["nifti", png_tissue], overrides=volume, method="seg_grad_cam")
+                                       kind="nifti", writers=["nifti", png_tissue], overrides=volume, method="seg_grad_cam",
+                                       layer=(mri_records[0].get("settings") or {}).get("layer"))  # the same layer
     grad_inside = _energy_inside(grad_records[0], Path(case["brain"]))
     lines = [f"segmentation {seg}: Dice against the template's tissue labels: grey matter {dice[1]:.2f}, white matter {dice[2]:.2f}",
              f"the grey-matter map puts {inside:.0%} of its |value| inside the brain, which is {brain_share:.0%} of the volume "
