@@ -172,6 +172,28 @@ def _mask_iou(record: dict, truth) -> float | None:
     return float((mask & true).sum() / max(1, (mask | true).sum()))
 
 
+def _redraw_with_lesion(record: dict, truth, class_names) -> None:
+    """Draw the record's PNG again with the planted lesion as a dashed contour: the figure the bundle
+    wrote cannot know the truth, the demo does. Rebuilt from the record's NIfTI mask and scores."""
+    import nibabel as nib
+    import torch
+    from monai.data import MetaTensor
+
+    from medcam_monai.explanation import Explanation
+    from medcam_monai.io import LoadImageSourced, write_png_overlay
+
+    source = LoadImageSourced("image", grayscale=True)({"image": record["source"]})
+    mask = np.asarray(nib.load(record["outputs"]["nifti"]).dataobj, dtype=np.float32).reshape(source["image"].shape[1:])
+    target = record["target"][0] if isinstance(record["target"], list) else record["target"]
+    scores = {k: torch.as_tensor([record["scores"][k]]) for k in ("prob_x", "prob_e", "prob_e_binary", "decision_kept")
+              if record.get("scores", {}).get(k) is not None}
+    explanation = Explanation(map=MetaTensor(torch.from_numpy(mask)[None, None], affine=source["image"].affine), kind="mask",
+                              method=record["method"], target=torch.tensor([[int(target)]]), scores=scores,
+                              settings=record.get("settings") or {})
+    write_png_overlay(explanation, source["source_image"], record["outputs"]["png"], labels=list(class_names),
+                      title=record["case_id"], evidence=np.asarray(truth, dtype=np.float32).squeeze())
+
+
 def _dice(prediction: Path, label: Path) -> dict[int, float]:
     import nibabel as nib
 
@@ -262,6 +284,8 @@ def run_demo(
         iou = _mask_iou(r, truth)
         r["lesion_iou"] = iou
         r["note"] = lesion_overlap_phrase(iou, (r.get("scores") or {}).get("area_fraction"))
+        if iou is not None and r["outputs"].get("png"):
+            _redraw_with_lesion(r, truth, LESION_CLASSES)
         print(f"  {r['case_id']}: {case_summary(r, LESION_CLASSES)}{r['note']}")
     sections.append(Section("Med-CAM on held-out MRI slices with planted lesions", records,
                             [quality] + ([warning] if weak else []), LESION_CLASSES))

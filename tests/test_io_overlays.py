@@ -104,7 +104,17 @@ def test_png_overlay_2d_mask_panels_title_and_contour(tmp_path):
     assert changed[expected].mean() > 0.95 and not changed[~expected].any()  # the tint only inside the mask
     np.testing.assert_array_equal(evidence.rgb[~expected], 0)  # (c) the evidence: the image where the mask is 1
     assert figure.mask_colour in TINTS and figure.scale is None  # a mask needs no colour bar
-    out = write_png_overlay(exp, ref, tmp_path / "o.png", labels=["none", "nodule", "ring"])
+    # the known evidence (a planted lesion, source grid) as a dashed contour in a second colour, with its IoU
+    truth = np.zeros((30, 40), np.float32)
+    truth[5:15, 20:40] = 1  # shares half of its rows with the mask: IoU 100 / 300
+    with_truth = compose_panels(_prepared(exp, ref), arr.T[None].astype(np.float32), labels=["none", "nodule", "ring"], evidence=truth)
+    expected_truth = np.zeros((40, 30), bool)
+    expected_truth[20:40, 5:15] = True
+    np.testing.assert_array_equal(with_truth.panels[1].reference, expected_truth)
+    assert "known evidence (IoU 0.33)" in with_truth.panels[1].title and with_truth.reference_colour != with_truth.mask_colour
+    with pytest.raises(ValueError, match="source grid"):
+        compose_panels(_prepared(exp, ref), arr.T[None].astype(np.float32), evidence=truth.T)
+    out = write_png_overlay(exp, ref, tmp_path / "o.png", labels=["none", "nodule", "ring"], evidence=truth)
     png = np.asarray(Image.open(out))
     assert png.shape[1] > 3 * png.shape[0] / 2 and png.shape[0] >= 400  # three panels side by side, readable size
 

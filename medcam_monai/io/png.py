@@ -78,6 +78,7 @@ class Panel:
         title: the panel's title (lettered by the figure).
         rgb: ``(H, W, 3)`` uint8 pixels, row 0 at the top.
         contour: ``(H, W)`` boolean region whose edge is drawn as a line, or None.
+        reference: ``(H, W)`` boolean known evidence (e.g. a planted lesion) drawn as a dashed line, or None.
         letters: orientation letters ``(left, right, top, bottom)`` or None.
         aspect: height / width of one pixel (anisotropic voxels).
         crosshair: ``(row, column)`` of a point to mark, or None.
@@ -87,6 +88,7 @@ class Panel:
     title: str
     rgb: np.ndarray
     contour: np.ndarray | None = None
+    reference: np.ndarray | None = None
     letters: tuple[str, str, str, str] | None = None
     aspect: float = 1.0
     crosshair: tuple[float, float] | None = None
@@ -133,6 +135,7 @@ class Figure:
     panels: list[Panel] = field(default_factory=list)
     scale: HeatScale | None = None
     mask_colour: str | None = None
+    reference_colour: str | None = None
 
 
 # -- pixels ----------------------------------------------------------------------------------------
@@ -266,6 +269,7 @@ def compose_panels(
     point: Sequence[int] | None = None,
     labels: Labels = None,
     case_name: str | None = None,
+    evidence: np.ndarray | None = None,
 ) -> Figure:
     """The figure of ``case`` (channel ``channel``) drawn on ``pixels`` ``(C, *spatial)`` (the source grid).
 
@@ -277,6 +281,9 @@ def compose_panels(
         point: 3D: the voxel (source grid) the three planes pass through; None: the map's peak.
         labels: class names by index.
         case_name: shown first in the title (default: the source file's name).
+        evidence: 2D: the known evidence (``(*spatial)`` on the source grid, e.g. a planted lesion),
+            drawn on the explanation panel as a dashed contour in a second colour; its IoU with the
+            mask (or the heatmap's region) goes to that panel's title.
     """
     ref = case.reference
     values = case.values[channel]
@@ -291,14 +298,25 @@ def compose_panels(
     mask = (v >= 0.5) if case.kind == MASK else (rows(case.unit()[channel]) >= threshold)
     colour_name, colour = contrasting_colour(rgb)
     figure = Figure(title, mask_colour=colour_name)
+    reference, known = None, ""
+    if evidence is not None:
+        evidence = np.asarray(evidence)
+        if tuple(evidence.shape) != tuple(ref.spatial_shape):
+            raise ValueError(f"evidence must be on the source grid {tuple(ref.spatial_shape)}, got {evidence.shape}.")
+        reference = rows(evidence) >= 0.5
+        figure.reference_colour = next(n for n in ("yellow", "magenta", "lime") if n != colour_name)
+        iou = (mask & reference).sum() / max(1, (mask | reference).sum())
+        known = f"\ndashed {figure.reference_colour}: known evidence (IoU {iou:.2f})"
     figure.panels.append(Panel("image", rgb))
     if case.kind == MASK:
-        figure.panels.append(Panel(f"evidence mask ({colour_name}): {mask.mean():.1%} of the image", _tint(rgb, mask, colour), contour=mask))
+        figure.panels.append(Panel(f"evidence mask ({colour_name}): {mask.mean():.1%} of the image{known}", _tint(rgb, mask, colour),
+                                   contour=mask, reference=reference))
         figure.panels.append(Panel("evidence: the image where the mask is 1", np.where(mask[..., None], rgb, 0).astype(np.uint8)))
     else:
         figure.scale = _heat_scale(case, v)
         figure.panels.append(Panel("heatmap", _heat(rgb, v, figure.scale), colorbar=True))
-        figure.panels.append(Panel(f"region >= {threshold:g} of the map's range ({colour_name})", _tint(rgb, mask, colour), contour=mask))
+        figure.panels.append(Panel(f"region >= {threshold:g} of the map's range ({colour_name}){known}", _tint(rgb, mask, colour),
+                                   contour=mask, reference=reference))
     return figure
 
 
@@ -371,6 +389,10 @@ def render(figure: Figure, path: Path, dpi: int = 110, panel_inches: float = 4.2
         ax.imshow(panel.rgb, interpolation="nearest", aspect=panel.aspect)
         if panel.contour is not None and panel.contour.any() and not panel.contour.all():
             ax.contour(panel.contour.astype(float), levels=[0.5], colors=[np.asarray(tint) / 255], linewidths=1.6).set_path_effects(outline)
+        if panel.reference is not None and panel.reference.any() and not panel.reference.all():
+            known = np.asarray(TINTS[figure.reference_colour or "yellow"]) / 255
+            ax.contour(panel.reference.astype(float), levels=[0.5], colors=[known], linewidths=1.4,
+                       linestyles="dashed").set_path_effects(outline)
         if panel.crosshair is not None:
             ax.axhline(panel.crosshair[0], color="w", lw=0.6, ls=(0, (4, 4)), alpha=0.7)
             ax.axvline(panel.crosshair[1], color="w", lw=0.6, ls=(0, (4, 4)), alpha=0.7)
@@ -432,6 +454,8 @@ class PngOverlayWriter(Writer):
         threshold: 2D heatmaps: the region drawn as a contour is ``>= threshold`` of the map's scale.
         labels: class names by index (a sequence or a mapping), shown in the title.
         title: the case's name in the title (default: the source file's name).
+        evidence: 2D sources: the known evidence ``(*spatial)`` on the source grid (e.g. a planted
+            lesion), drawn as a dashed contour in a second colour with its IoU.
         dpi: resolution of the figure.
 
     Returns:
@@ -466,11 +490,15 @@ class PngOverlayWriter(Writer):
         threshold: float = 0.5,
         labels: Labels = None,
         title: str | None = None,
+        evidence: Any = None,
         dpi: int = 110,
     ) -> None:
         channel = check_channel(channel, case.channels)
+        if evidence is not None and len(case.reference.spatial_shape) != 2:
+            raise ValueError("evidence (the known evidence drawn as a dashed contour) is for 2D sources.")
         figure = compose_panels(case, _source_pixels(image, case.reference), channel=channel, threshold=check_threshold(threshold),
-                                point=point, labels=labels, case_name=title)
+                                point=point, labels=labels, case_name=title,
+                                evidence=None if evidence is None else np.asarray(evidence, dtype=np.float32).squeeze())
         render(figure, path, dpi=dpi)
 
 
