@@ -13,19 +13,31 @@ overrides, train it, and explain cases with it (records returned in memory).
 The command line, the pipeline step, the demo and the evaluation all go through it.
 """
 
-from medcam_monai.bundle.config import BundleConfigError
-from medcam_monai.bundle.explain import ExplainedCases, explain_with_bundle, fragment_path, records_path
-from medcam_monai.bundle.inputs import InputOptions, WSIRegion, loader_for
-from medcam_monai.bundle.locate import (
-    BUNDLES_DIR,
-    find_bundle,
-    is_project_bundle,
-    project_bundles,
-    read_metadata,
-    untrusted_bundle_warning,
-)
-from medcam_monai.bundle.train import ensure_weights, train_bundle
-from medcam_monai.bundle.workflow import config_files, root_cause, run_workflow
+from medcam_monai.lazy import lazy_exports
+
+# public name -> submodule holding it; loaded on first use, so that `import medcam_monai.bundle`
+# (the command line's parser, the pipeline) does not load torch and MONAI
+_EXPORTS = {
+    "BundleConfigError": ".config",
+    "ExplainedCases": ".explain",
+    "explain_with_bundle": ".explain",
+    "fragment_path": ".explain",
+    "records_path": ".explain",
+    "InputOptions": ".inputs",
+    "WSIRegion": ".inputs",
+    "loader_for": ".inputs",
+    "BUNDLES_DIR": ".locate",
+    "find_bundle": ".locate",
+    "is_project_bundle": ".locate",
+    "project_bundles": ".locate",
+    "read_metadata": ".locate",
+    "untrusted_bundle_warning": ".locate",
+    "ensure_weights": ".train",
+    "train_bundle": ".train",
+    "config_files": ".workflow",
+    "root_cause": ".workflow",
+    "run_workflow": ".workflow",
+}
 
 __all__ = [
     "BUNDLES_DIR",
@@ -48,3 +60,5 @@ __all__ = [
     "loader_for",
     "WSIRegion",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
