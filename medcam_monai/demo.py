@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 
-__all__ = ["run_demo", "DemoSettings", "QUICK", "free_output_folder", "make_mosaic_slide", "weak_model_warning",
+__all__ = ["run_demo", "DemoSettings", "QUICK", "free_output_folder", "make_mosaic_slide", "weak_model_warning", "check_settings",
            "lesion_overlap_phrase", "USEFUL_ACCURACY"]
 
 LESION_BUNDLE = "brain_lesion_resnet10t"
@@ -70,6 +70,23 @@ class DemoSettings:
 # a smoke run: every step and format in about a minute, models barely trained
 QUICK = DemoSettings(cases=2, steps=5, epochs=1, train_cases=48, test_cases=12, volume_size=32, channels=(8, 16, 32),
                      volume_epochs=1, volume_samples=10, held_aside="mni_3p5mm_tilted")
+
+
+def check_settings(s: DemoSettings) -> None:
+    """Refuse sizes the demo cannot run with, before anything is trained or written.
+
+    Raises:
+        InputError: naming the option and the smallest value it takes.
+    """
+    from medcam_monai.errors import InputError
+
+    minimum = {"cases": (s.cases, 1), "steps": (s.steps, 1), "epochs": (s.epochs, 1), "train_cases": (s.train_cases, 3),
+               "image_size": (s.image_size, 16), "volume_size": (s.volume_size, 16)}
+    for name, (value, smallest) in minimum.items():
+        if int(value) < smallest:
+            raise InputError(f"--{name.replace('_', '-')} must be at least {smallest}, got {value}.")
+    if s.cases > s.test_cases:
+        raise InputError(f"--cases must be at most {s.test_cases} (the held-out slices the accuracy is measured on), got {s.cases}.")
 
 
 def free_output_folder(output: str | Path) -> tuple[Path, str | None]:
@@ -245,6 +262,7 @@ def run_demo(
     given = {"cases": cases, "steps": steps, "epochs": epochs, "train_cases": train_cases, "image_size": image_size, "volume_size": volume_size}
     settings = dataclasses.replace(settings, **{k: v for k, v in given.items() if v is not None})
     s = settings
+    check_settings(s)
     out, note = free_output_folder(output)
     out = check_writable_dir(out, "choose another with --output")
     if note:

@@ -81,3 +81,12 @@ def test_a_mask_over_most_of_the_image_is_not_called_a_localisation():
     assert lesion_overlap_phrase(0.45, 0.02) == "; the mask overlaps the planted lesion (IoU 0.45)"
     assert "barely touches" in lesion_overlap_phrase(0.05, 0.02)
     assert lesion_overlap_phrase(0.0, 0.0) == "; the mask misses the planted lesion"
+
+
+def test_bad_demo_sizes_are_refused_before_any_work(tmp_path, capsys):
+    from medcam_monai.cli import main
+
+    for option, value in (("--image-size", "8"), ("--cases", "0"), ("--volume-size", "4"), ("--train-cases", "2")):
+        assert main(["demo", "--output", str(tmp_path / "out"), option, value]) == 2
+        assert option in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing written
