@@ -228,3 +228,22 @@ def test_mr_series_keeps_the_geometry_through_the_dicom_loader(tmp_path, name):
         write_mr_series(case.image, case.affine, tmp_path / "series")
     with pytest.raises(ValueError, match=">= 0"):
         write_mr_series(-case.image, case.affine, tmp_path / "other")
+
+
+def test_tissue_bundle_explains_nibabels_epi_on_its_own_grid(tissue_bundle, tmp_path):
+    """Another scanner's image: nibabel's EPI (LAS, oblique, 2 x 2 x 2.2 mm, T2*-weighted) goes through the
+    bundle's reorientation, respacing and sliding window, and the map comes back on the EPI's own grid.
+    (A T1 network labels the bright CSF of an EPI as white matter: this checks geometry, not accuracy.)"""
+    from medcam_monai.data.anatomy.template import epi_volume
+
+    root, _, _ = tissue_bundle
+    volume, affine = epi_volume(0)
+    path = tmp_path / "epi.nii.gz"
+    nib.save(nib.Nifti1Image(volume, affine), path)
+    (record,) = _explain_tissue(root, {"image": str(path)}, tmp_path / "out")
+    heat = nib.load(record["outputs"]["nifti"])
+    assert heat.shape[:3] == volume.shape
+    np.testing.assert_allclose(heat.affine, affine, atol=1e-4)
+    values = np.asarray(heat.dataobj, dtype=np.float64).squeeze()
+    assert np.isfinite(values).all() and np.abs(values).sum() > 0
+    assert record["scores"]["pixels"] > 0
