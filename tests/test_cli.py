@@ -160,15 +160,27 @@ def test_list(capsys):
 
 
 def test_demo_quick_writes_every_format_and_prints_where(tmp_path):
-    """The README's main job at smoke-test sizes, as a user runs it: the installed command."""
-    proc = subprocess.run([sys.executable, "-m", "medcam_monai.cli", "demo", "--quick", "--output", str(tmp_path / "demo")],
+    """The README's main job at smoke-test sizes, as a user runs it: the installed command. An earlier
+    run's folder is there already: the demo writes next to it and says so."""
+    earlier = tmp_path / "demo"
+    earlier.mkdir()
+    (earlier / "report.html").write_text("an earlier run")
+    proc = subprocess.run([sys.executable, "-m", "medcam_monai.cli", "demo", "--quick", "--output", str(earlier)],
                           capture_output=True, text=True, env=ENV, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "demo-2"
+    assert f"this run writes to {out}" in proc.stdout and (earlier / "report.html").read_text() == "an earlier run"
     printed = [line.split()[-1] for line in proc.stdout.splitlines() if line.startswith("      ")]
     formats = {line.split()[0] for line in proc.stdout.splitlines() if line.startswith("      ")}
     assert formats == {"png", "nifti", "wsi", "geojson", "dicom_seg", "parametric_map", "slicer_seg"}
-    assert printed and all(Path(p).is_file() for p in printed)
+    assert printed and all(Path(p).is_file() and str(out) in p for p in printed)
     assert "demo finished" in proc.stdout
+    # it tells the truth: --quick says its models are barely trained; every classifier line says right or wrong
+    assert "barely trained" in proc.stdout and "barely trained" in (out / "report.html").read_text()
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("  mni152_lesions_test_")]
+    assert lines and all(": right" in line or "the model is wrong here" in line for line in lines)
+    assert "grey matter" in proc.stdout and "inside the brain" in proc.stdout  # the 3D case is the MNI brain
+    assert "(Seg-Grad CAM on the same case: " in proc.stdout  # and the two segmentation CAMs are compared
 
 
 def test_demo_fails_with_non_zero_exit_and_a_message(tmp_path, capsys):

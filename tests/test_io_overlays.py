@@ -29,7 +29,7 @@ from medcam_monai.io import (
     write_slicer_seg,
     write_wsi_overlay,
 )
-from medcam_monai.io.png import CONTOUR_COLOR
+from medcam_monai.io.png import TINTS, compose_panels, contrasting_colour
 
 
 @pytest.fixture
@@ -76,7 +76,12 @@ def test_nifti_from_dicom_overlays_source_in_world(tmp_path):
     np.testing.assert_array_equal(img.get_fdata(dtype=np.float32), values[0])
 
 
-def test_png_overlay_2d(tmp_path):
+def _prepared(explanation, source):
+    """The writer's prepared case (the map on the source grid), as every writer sees it."""
+    return write_png_overlay.prepare(explanation, as_source_reference(source))
+
+
+def test_png_overlay_2d_mask_panels_title_and_contour(tmp_path):
     arr = (np.arange(40 * 30).reshape(40, 30) % 251).astype(np.uint8)  # rows=40, cols=30
     Image.fromarray(arr).save(tmp_path / "x.png")
     d = LoadImageSourced("image")({"image": str(tmp_path / "x.png")})
@@ -84,34 +89,82 @@ def test_png_overlay_2d(tmp_path):
     assert ref.spatial_shape == (30, 40) and ref.format == "2d"  # MONAI's (x, y)
     mask = np.zeros((1, 30, 40), np.float32)
     mask[0, 5:15, 10:30] = 1  # x 5..14, y 10..29
-    out = write_png_overlay(explanation_on(d["image"], mask, "mask"), ref, tmp_path / "o.png", min_size=0)
+    exp = explanation_on(d["image"], mask, "mask", target=(2,))
+    exp.scores = {"prob_x": torch.tensor([0.91]), "prob_e": torch.tensor([0.83]), "decision_kept": torch.tensor([True])}
+    figure = compose_panels(_prepared(exp, ref), arr.T[None].astype(np.float32), labels=["none", "nodule", "ring"], case_name="case7")
+    # the title says case, method, class by name, both probabilities and the decision
+    assert figure.title.startswith("case7 | Med-CAM | ring (class 2)")
+    assert "p(class | image) = 0.91" in figure.title and "p(class | evidence) = 0.83" in figure.title and "decision kept" in figure.title
+    image, tinted, evidence = figure.panels
+    assert np.corrcoef(image.rgb[..., 0].ravel(), arr.ravel())[0, 1] > 0.99  # (a) the image as stored: rows are y
+    expected = np.zeros((40, 30), bool)
+    expected[10:30, 5:15] = True
+    np.testing.assert_array_equal(tinted.contour, expected)  # (b) the contour is the mask, displayed (row=y, col=x)
+    changed = np.any(tinted.rgb != image.rgb, axis=-1)
+    assert changed[expected].mean() > 0.95 and not changed[~expected].any()  # the tint only inside the mask
+    np.testing.assert_array_equal(evidence.rgb[~expected], 0)  # (c) the evidence: the image where the mask is 1
+    assert figure.mask_colour in TINTS and figure.scale is None  # a mask needs no colour bar
+    # the known evidence (a planted lesion, source grid) as a dashed contour in a second colour, with its IoU
+    truth = np.zeros((30, 40), np.float32)
+    truth[5:15, 20:40] = 1  # shares half of its rows with the mask: IoU 100 / 300
+    with_truth = compose_panels(_prepared(exp, ref), arr.T[None].astype(np.float32), labels=["none", "nodule", "ring"], evidence=truth)
+    expected_truth = np.zeros((40, 30), bool)
+    expected_truth[20:40, 5:15] = True
+    np.testing.assert_array_equal(with_truth.panels[1].reference, expected_truth)
+    assert "known evidence (IoU 0.33)" in with_truth.panels[1].title and with_truth.reference_colour != with_truth.mask_colour
+    with pytest.raises(ValueError, match="source grid"):
+        compose_panels(_prepared(exp, ref), arr.T[None].astype(np.float32), evidence=truth.T)
+    out = write_png_overlay(exp, ref, tmp_path / "o.png", labels=["none", "nodule", "ring"], evidence=truth)
     png = np.asarray(Image.open(out))
-    assert png.shape == (40, 3 * 30 + 8, 3)
-    # by default a small image is enlarged by a whole factor until its shorter side is >= 256 px
-    big = np.asarray(Image.open(write_png_overlay(explanation_on(d["image"], mask, "mask"), ref, tmp_path / "b.png")))
-    assert big.shape == (9 * 40, 3 * 9 * 30 + 8, 3)
-    assert np.array_equal(big[::9, : 9 * 30 : 9], png[:, :30])
-    assert np.corrcoef(png[:, :30, 0].ravel(), arr.ravel())[0, 1] > 0.99  # panel 1: the image as stored (windowed)
-    contour = png[:, 30 + 4 + 30 + 4 :]
-    edge = np.all(contour == CONTOUR_COLOR, axis=-1)
-    assert edge[10, 5] and edge[29, 14] and edge[10, 10] and not edge[20, 10] and not edge[5, 5]
-    assert edge.sum() == 2 * (10 + 20) - 4
+    assert png.shape[1] > 3 * png.shape[0] / 2 and png.shape[0] >= 400  # three panels side by side, readable size
 
 
-def test_png_overlay_3d_chosen_slices(tmp_path):
-    d = LoadDicomd("image")({"image": str(CT5N)})
-    heat = np.zeros((1, 16, 16, 5), np.float32)
-    heat[0, 4:8, 4:8, 3] = 1.0
-    exp = explanation_on(d["image"], heat, "heatmap", method="grad_cam")
-    out = write_png_overlay(exp, d["source_image"], tmp_path / "auto.png")
-    assert np.asarray(Image.open(out)).shape == (256, 3 * 256 + 8, 3)  # the most explained slice, x16
-    out = write_png_overlay(exp, d["source_image"], tmp_path / "two.png", slices=[0, 3], min_size=0)
-    png = np.asarray(Image.open(out))
-    assert png.shape == (2 * 16 + 4, 3 * 16 + 8, 3)
-    second_heat = png[20:, 20:36].astype(int)
-    assert np.abs(second_heat[5, 5] - second_heat[0, 0]).sum() > 30  # heat drawn at rows/cols 4..7 of slice 3
+def test_png_mask_colour_is_chosen_against_the_image():
+    grey = np.repeat(np.linspace(0, 255, 64 * 64).reshape(64, 64, 1), 3, -1).astype(np.uint8)
+    orange = np.zeros((64, 64, 3), np.uint8)
+    orange[...] = (220, 110, 40)  # a fundus photograph's colours
+    pink = np.zeros((64, 64, 3), np.uint8)
+    pink[...] = (230, 150, 200)  # H&E
+    for rgb in (grey, orange, pink):
+        name, colour = contrasting_colour(rgb)
+        distance = np.linalg.norm(rgb.reshape(-1, 3).astype(float) - colour, axis=1)
+        # the chosen tint is at least as far from the image as every other candidate (5th percentile)
+        assert all(np.percentile(distance, 5) >= np.percentile(np.linalg.norm(rgb.reshape(-1, 3).astype(float) - c, axis=1), 5) - 1e-6
+                   for c in TINTS.values())
+    assert contrasting_colour(orange)[0] in ("blue", "cyan") and contrasting_colour(pink)[0] == "lime"
+
+
+def test_png_overlay_3d_three_planes_through_the_peak(tmp_path):
+    # an LAS grid (x runs to the patient's left): the figure reorients to RAS before choosing planes
+    affine = np.array([[-2.0, 0, 0, 30], [0, 2.0, 0, -20], [0, 0, 3.0, -9], [0, 0, 0, 1]])
+    vol = np.random.default_rng(0).random((20, 16, 8)).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, affine), tmp_path / "mri.nii.gz")
+    d = LoadImageSourced("image")({"image": str(tmp_path / "mri.nii.gz")})
+    heat = np.zeros((1, 20, 16, 8), np.float32)
+    heat[0, 4:7, 9:12, 2:5] = 2.5  # peak around voxel (5, 10, 3)
+    exp = explanation_on(d["image"], heat, "heatmap", method="seg_hires_grad_cam")
+    exp.scores = {"pixels": torch.tensor([[123]])}
+    exp.settings = {"pixels": "predicted"}
+    figure = compose_panels(_prepared(exp, d["source_image"]), vol[None], labels=["bg", "grey matter"])
+    world = affine @ np.array([5, 10, 3, 1.0])
+    assert f"peak at ({world[0]:.0f}, {world[1]:.0f}, {world[2]:.0f}) mm RAS" in figure.title
+    assert "grey matter (class 1)" in figure.title and "the 123 voxels predicted as the class" in figure.title
+    assert [p.title.split(",")[0] for p in figure.panels] == ["axial", "coronal", "sagittal"]
+    assert figure.panels[0].title == f"axial, z = {world[2]:.0f} mm" and figure.panels[2].title == f"sagittal, x = {world[0]:.0f} mm"
+    assert [p.letters for p in figure.panels] == [("R", "L", "A", "P"), ("R", "L", "S", "I"), ("A", "P", "S", "I")]
+    assert figure.scale is not None and figure.scale.label.startswith("raw map value") and figure.panels[2].colorbar
+    # the axial plane (RAS x along the columns, reversed: patient's right on the left) shows the heat at the crosshair
+    axial = figure.panels[0]
+    row, col = (int(round(c)) for c in axial.crosshair)
+    plain = np.stack([np.asarray(p) for p in axial.rgb.transpose(2, 0, 1)], -1)
+    assert axial.rgb.shape[:2] == (16, 20)
+    assert np.abs(plain[row, col].astype(int) - plain[0, 0].astype(int)).sum() > 0
+    # RAS index of the LAS voxel 5 is 19 - 5 = 14; displayed reversed: column 19 - 14 = 5
+    assert col == 5 and row == 16 - 1 - 10
+    out = write_png_overlay(exp, d["source_image"], tmp_path / "planes.png", labels=["bg", "grey matter"])
+    assert np.asarray(Image.open(out)).shape[1] > 3 * 300
     with pytest.raises(ValueError, match="out of range"):
-        write_png_overlay(exp, d["source_image"], tmp_path / "bad.png", slices=[9])
+        write_png_overlay(exp, d["source_image"], tmp_path / "bad.png", point=(40, 0, 0))
 
 
 def test_slicer_seg_names_colours_terminology_geometry(tmp_path):
@@ -237,3 +290,36 @@ def test_registry_and_exports():
     with pytest.raises(TypeError, match="DicomSeriesReference"):
         WRITERS["dicom_seg"](explanation_on(MetaTensor(torch.zeros(1, 4, 4)), np.zeros((1, 4, 4)), "mask"),
                              mio.ImageReference(path="x.png", affine=np.eye(3), spatial_shape=(4, 4), format="2d"), "x.dcm")
+
+
+def test_wsi_overlay_is_a_tiled_pyramid_every_level_readable(tmp_path):
+    """#13: the overlay is a real pyramid: several tiled levels, each half the one before, each
+    readable on its own by tifffile (and MONAI's WSIReader), each the 2x2 mean of the one before."""
+    slide = tmp_path / "slide.tif"
+    _make_slide(slide)
+    d = LoadWSId("image", backend="tifffile", level=0, location=(0, 0), size=(256, 256))({"image": str(slide)})
+    ref = as_source_reference(d["source_image"])
+    heat = np.zeros((1, 256, 256), np.float32)
+    heat[0, 32:160, 64:224] = np.linspace(0, 1, 160)[None, :]
+    out = write_wsi_overlay(explanation_on(d["image"], heat, "heatmap", method="grad_cam"), ref, tmp_path / "o.tif", tile=64)
+    with tifffile.TiffFile(out) as tif:
+        pages = list(tif.pages)
+        assert len(pages) >= 4  # 768x1024 -> 384x512 -> 192x256 -> 96x128 -> 48x64 (one tile)
+        levels = [p.asarray() for p in pages]
+        for i, (page, level) in enumerate(zip(pages, levels)):
+            assert page.is_tiled and page.tilewidth == 64 and page.tilelength == 64
+            assert level.shape == (768 // 2**i, 1024 // 2**i)
+            assert (page.subfiletype == 1) == (i > 0)  # reduced-resolution pages after the first
+            x_res = page.tags["XResolution"].value
+            assert x_res[0] / x_res[1] == pytest.approx(1e4 / (0.5 * 2**i))  # pixels per cm at this level's mpp
+        for finer, coarser in zip(levels, levels[1:]):
+            mean = finer.astype(float).reshape(coarser.shape[0], 2, coarser.shape[1], 2).mean((1, 3))
+            assert np.abs(mean - coarser).max() <= 0.5 + 1e-9
+        assert max(levels[-1].shape) <= 64  # the top level fits in one tile
+    reader = WSIReader(backend="tifffile", level=0)
+    wsi = reader.read(str(out))
+    assert reader.reader.get_level_count(wsi) == len(levels)
+    # MONAI's reader sees the same levels (its get_data wants RGB; the overlay is grey, so sizes only)
+    assert [reader.reader.get_size(wsi, i) for i in range(len(levels))] == [lv.shape for lv in levels]
+    with pytest.raises(ValueError, match="min_levels"):
+        write_wsi_overlay(explanation_on(d["image"], heat, "heatmap"), ref, tmp_path / "bad.tif", min_levels=0)

@@ -28,6 +28,7 @@ from PIL import Image
 from scipy import ndimage
 
 from medcam_monai.explanation import Explanation
+from medcam_monai.io.png import compose_panels
 from medcam_monai.io import (
     DicomSeriesReference,
     ImageReference,
@@ -132,11 +133,11 @@ def test_rgb_png_from_stock_pipeline(tmp_path):
         out = nib.load(write_nifti(e, net, tmp_path / f"{route}.nii.gz"))
         assert out.shape == (30, 40)
         assert np.unravel_index(out.get_fdata().argmax(), out.shape) == (21, 7)
-    png = np.asarray(Image.open(write_png_overlay(exp, net, tmp_path / "o.png", min_size=0)))
-    assert png.shape == (40, 3 * 30 + 8, 3)
-    np.testing.assert_array_equal(png[:, :30], rgb)  # panel 1: the source image, reloaded once from its file
-    blend = png[:, 34:64].astype(int) - rgb
+    figure = compose_panels(write_png_overlay.prepare(exp, as_source_reference(net)), np.moveaxis(rgb, -1, 0).swapaxes(1, 2))
+    np.testing.assert_array_equal(figure.panels[0].rgb, rgb)  # panel (a): the source image as stored
+    blend = figure.panels[1].rgb.astype(int) - rgb
     assert np.unravel_index(np.abs(blend).sum(-1).argmax(), (40, 30)) == (7, 21)  # the heat sits on the marker
+    assert Image.open(write_png_overlay(exp, net, tmp_path / "o.png")).size[0] > 600  # the source reloaded once from its file
 
 
 def _stock_dicom(reader, pixdim=(0.4882815 / 2, 0.4882815 / 2, 1.25)):

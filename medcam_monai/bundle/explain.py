@@ -130,7 +130,7 @@ def explain_with_bundle(
         bundle: a bundle name (the project's) or folder (anyone's, in the model-zoo layout).
         output: the folder for the explanations (``<output>/explanations/...``) and the bundle's own outputs.
         root: the bundle root holding ``models/model.pt`` (default: the bundle folder).
-        datalist: the cases (``[{"image": path}]``); None: the bundle's own datalist.
+        datalist: the cases (``[{"image": path}]``, optionally with ``"label"``: the known class, recorded); None: the bundle's own datalist.
         kind: the inputs' kind (:mod:`medcam_monai.io.formats`): chooses the loader and default writers.
         writers: output formats (default: those that fit ``kind``; the bundle's own without a datalist).
         weights: a state dict of the bundle's network (default: what its ``CheckpointLoader`` loads).
@@ -177,7 +177,9 @@ def explain_with_bundle(
     place = evaluator_input(raw, folder)
     key = place.image_key
     if datalist is not None:
-        datalist = [{key: d.get(key, d.get("image"))} for d in datalist]
+        # a case's known class ("label") rides along: the handler records it, so a record can say
+        # whether the prediction is right (the demo's case lines)
+        datalist = [{key: d.get(key, d.get("image")), **({"label": d["label"]} if "label" in d else {})} for d in datalist]
         override[place.data_id] = datalist
         if writers is None and options.kind is not None:
             writers = DEFAULT_WRITERS[options.kind]

@@ -11,6 +11,7 @@ each split is public (:data:`SPLIT_SEEDS`), so the true evidence of a stand-in c
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["STANDINS", "StandIn", "SPLIT_SEEDS", "datalist", "standin_datalist", "real_datalist"]
+__all__ = ["STANDINS", "StandIn", "SPLIT_SEEDS", "split_of_seed", "datalist", "standin_datalist", "real_datalist"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,20 +38,38 @@ class StandIn:
     """How to make stand-in files for one dataset.
 
     Args:
-        generator: name of a :mod:`medcam_monai.data.phantoms` function returning a ``PhantomBatch``.
+        generator: name of a :mod:`medcam_monai.data.phantoms` function, or ``"module:function"``
+            (e.g. the real-anatomy generators of :mod:`medcam_monai.data.anatomy`), returning a
+            ``PhantomBatch``; called as ``generator(n, size=size, seed=seed, **kwargs)``, plus
+            ``split=`` when it takes one (generators that hold slices or places out of training).
         kwargs: fixed arguments of the generator (e.g. ``spatial_dims``).
         suffix: ``".png"`` (2D, uint8) or ``".nii.gz"`` (3D, with a label map for segmentation).
+        hounsfield: NIfTI images are stored in Hounsfield units (the ``[0, 1]`` image mapped onto the
+            CT window the bundle applies); otherwise as generated.
     """
 
     generator: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     suffix: str = ".png"
+    hounsfield: bool = False
 
-    def make(self, n: int, size: int, seed: int):
+    def function(self) -> Callable:
+        """The generator function."""
+        if ":" in self.generator:
+            import importlib
+
+            module, _, name = self.generator.partition(":")
+            return getattr(importlib.import_module(module), name)
         from medcam_monai.data import phantoms
 
-        fn: Callable = getattr(phantoms, self.generator)
-        return fn(n, size=size, seed=seed, **self.kwargs)
+        return getattr(phantoms, self.generator)
+
+    def make(self, n: int, size: int, seed: int):
+        fn = self.function()
+        kwargs = dict(self.kwargs)
+        if "split" in inspect.signature(fn).parameters:
+            kwargs["split"] = split_of_seed(seed)
+        return fn(n, size=size, seed=seed, **kwargs)
 
 
 # dataset name (the file name in data_manifests/) -> its stand-in
@@ -59,11 +78,19 @@ STANDINS: dict[str, StandIn] = {
     "ham10000": StandIn("dermoscopy_phantoms"),
     "idrid_grading": StandIn("fundus_phantoms"),
     "brain_tumor_mri": StandIn("mri_phantoms", {"spatial_dims": 2}),
-    "kits23": StandIn("ct_phantoms", {"spatial_dims": 3}, suffix=".nii.gz"),
+    "kits23": StandIn("ct_phantoms", {"spatial_dims": 3}, suffix=".nii.gz", hounsfield=True),
+    # real anatomy from nilearn's wheel (medcam_monai.data.anatomy): no download, no manifest
+    "mni152_lesions": StandIn("medcam_monai.data.anatomy.lesions:lesion_slices", {"num_classes": 3}),
+    "mni152_tissue": StandIn("medcam_monai.data.anatomy.tissue:tissue_cases", suffix=".nii.gz"),
 }
 
 # the seed of each split's stand-in cases; the evaluation regenerates their true evidence from it
 SPLIT_SEEDS = {"train": 0, "val": 10_000, "test": 20_000}
+
+
+def split_of_seed(seed: int) -> str:
+    """The split whose seed is ``seed`` (:data:`SPLIT_SEEDS`); another seed counts as held out (``"test"``)."""
+    return next((name for name, s in SPLIT_SEEDS.items() if s == seed), "test")
 
 
 def _write_png(path: Path, image: torch.Tensor) -> None:
@@ -74,10 +101,9 @@ def _write_png(path: Path, image: torch.Tensor) -> None:
     Image.fromarray(arr).save(path)
 
 
-def _write_nifti(path: Path, volume: np.ndarray, spacing: float) -> None:
+def _write_nifti(path: Path, volume: np.ndarray, affine: np.ndarray) -> None:
     import nibabel as nib
 
-    affine = np.diag([spacing, spacing, spacing, 1.0])
     nib.save(nib.Nifti1Image(volume, affine), str(path))
 
 
@@ -117,10 +143,13 @@ def standin_datalist(
             _write_png(tmp / f"{name}.png", batch.images[i])
             entries.append({"image": f"{name}.png", "label": int(batch.labels[i])})
         else:
-            spacing = 240.0 / image_size  # a ~24 cm abdomen whatever the grid size
-            hu = _HU_LOW + batch.images[i, 0].numpy().astype(np.float32) * (_HU_HIGH - _HU_LOW)
-            _write_nifti(tmp / f"{name}.nii.gz", hu, spacing)
-            _write_nifti(tmp / f"{name}_label.nii.gz", batch.labels[i, 0].numpy().astype(np.uint8), spacing)
+            # the generator's grid, else a ~24 cm field of view whatever the grid size
+            affine = batch.affine.numpy() if batch.affine is not None else np.diag([240.0 / image_size] * 3 + [1.0])
+            volume = batch.images[i, 0].numpy().astype(np.float32)
+            if standin.hounsfield:
+                volume = _HU_LOW + volume * (_HU_HIGH - _HU_LOW)
+            _write_nifti(tmp / f"{name}.nii.gz", volume, affine)
+            _write_nifti(tmp / f"{name}_label.nii.gz", batch.labels[i, 0].numpy().astype(np.uint8), affine)
             entries.append({"image": f"{name}.nii.gz", "label": f"{name}_label.nii.gz"})
     (tmp / index.name).write_text(json.dumps(entries, indent=1))
     try:

@@ -114,7 +114,7 @@ def evaluate_bundle(
         "bundle": cfg["bundle"],
         "task": data.task,
         "dataset": cfg["dataset"],
-        "data": "stand-in (medcam_monai.data.phantoms)" if cfg["standin"] else f"real, from {dataset_dir}",
+        "data": _standin_source(cfg["dataset"]) if cfg["standin"] else f"real, from {dataset_dir}",
         "split": cfg["split"],
         "image_size": cfg["image_size"],
         "network": cfg["network"],
@@ -128,3 +128,13 @@ def evaluate_bundle(
     }
     settings["seconds"] = round(time.perf_counter() - start, 1)
     return write_report(result, out, settings)
+
+
+def _standin_source(dataset: str) -> str:
+    """Where a stand-in dataset's cases come from: the generator's module (generated pictures, or real
+    anatomy from a wheel for ``medcam_monai.data.anatomy``)."""
+    from medcam_monai.data.standins import STANDINS
+
+    standin = STANDINS.get(dataset)
+    module = "medcam_monai.data.phantoms" if standin is None or ":" not in standin.generator else standin.generator.partition(":")[0]
+    return f"stand-in ({module})"

@@ -39,7 +39,7 @@ Writing: every writer is a :class:`~medcam_monai.io.writer.Writer` with the same
 ``"parametric_map"``   :func:`write_parametric_map` (``channel``, ``labels``, ``anatomic_region``, the
                        same series options as ``dicom_seg``)
 ``"slicer_seg"``       :func:`write_slicer_seg` (``threshold``, ``labels``, ``colors``) -> ``.seg.nrrd``
-``"png"``              :func:`write_png_overlay` (``channel``, ``image``, ``slices``, ``threshold``, ...)
+``"png"``              :func:`write_png_overlay` (``channel``, ``image``, ``point``, ``labels``, ``threshold``, ...)
 ``"wsi"``              :func:`write_wsi_overlay` (``channel``, ``tile``, ``compression``) -> pyramidal TIFF
 ``"geojson"``          :func:`write_geojson` (``threshold``, ``labels``, ``colors``) -> QuPath GeoJSON
 =====================  =====================================================================

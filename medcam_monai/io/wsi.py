@@ -13,7 +13,7 @@ from medcam_monai.explanation import MASK, Explanation
 from medcam_monai.io.reference import SourceReference
 from medcam_monai.io.writer import PreparedCase, Writer, check_channel
 
-__all__ = ["WsiOverlayWriter", "write_wsi_overlay"]
+__all__ = ["WsiOverlayWriter", "write_wsi_overlay", "pyramid"]
 
 
 def _downscale(a: np.ndarray) -> np.ndarray:
@@ -23,16 +23,28 @@ def _downscale(a: np.ndarray) -> np.ndarray:
     return np.round((p[0::2, 0::2] + p[1::2, 0::2] + p[0::2, 1::2] + p[1::2, 1::2]) / 4).astype(np.uint8)
 
 
+def pyramid(level0: np.ndarray, min_level_size: int, min_levels: int = 1) -> list[np.ndarray]:
+    """``level0`` and its halvings (2x2 means): until both sides are at most ``min_level_size`` and
+    there are at least ``min_levels`` levels, never below 1 pixel."""
+    levels = [level0]
+    while min(levels[-1].shape) >= 2 and (max(levels[-1].shape) > min_level_size or len(levels) < min_levels):
+        levels.append(_downscale(levels[-1]))
+    return levels
+
+
 class WsiOverlayWriter(Writer):
     """Write one channel as a tiled pyramidal grey TIFF covering the whole slide at the map's level.
 
     The overlay has the slide's extent at the level the region was read from (level-0 size divided
     by the downsample), with the map placed at the region's location and zeros elsewhere, so it
-    overlays the slide when scaled to the slide's size. Each pyramid level is a tiled top-level
-    page (OpenSlide's generic-TIFF layout; MONAI's tifffile backend reads pages as levels), halved
-    until it is below ``min_level_size``. X/YResolution are set in centimetres from the slide's mpp
-    times the downsample (when the slide has mpp). Values are uint8: a mask is 0/255, a heatmap is
-    ``round(255 * (v - min) / (max - min))``; min and max go to the ImageDescription as JSON.
+    overlays the slide when scaled to the slide's size. It is a real pyramid: each level is a tiled
+    top-level page (OpenSlide's generic-TIFF layout, which QuPath opens; MONAI's tifffile backend
+    reads the pages as levels, later ones marked reduced-resolution), each half the size of the one
+    before (2x2 means), until the top level fits in one tile, and never fewer than ``min_levels``
+    levels (while a level is at least 2 pixels). X/YResolution are set in centimetres from the
+    slide's mpp times each level's downsample (when the slide has mpp). Values are uint8: a mask is
+    0/255, a heatmap is ``round(255 * (v - min) / (max - min))``; min and max go to the
+    ImageDescription as JSON.
 
     Args:
         explanation: the Explanation (``map`` is ``(B, K, H, W)`` for the region).
@@ -41,7 +53,9 @@ class WsiOverlayWriter(Writer):
         case: which case of the batch to write.
         channel: which map channel to write.
         tile: tile edge in pixels (a multiple of 16, as TIFF requires).
-        min_level_size: stop adding levels when both sides are below this.
+        min_level_size: stop halving once both sides of a level are at most this (default: ``tile``,
+            so the smallest level is one tile).
+        min_levels: the pyramid has at least this many levels.
         compression: tifffile compression (``"zlib"``, ``"jpeg"``, ``None``).
 
     Returns:
@@ -57,8 +71,12 @@ class WsiOverlayWriter(Writer):
     def check_options(self, explanation: Explanation, reference: SourceReference, **options: Any) -> None:
         super().check_options(explanation, reference, **options)
         tile = options.get("tile", 256)
-        if tile % 16:
-            raise ValueError(f"tile must be a multiple of 16 (TIFF tiling), got {tile}.")
+        if tile <= 0 or tile % 16:
+            raise ValueError(f"tile must be a positive multiple of 16 (TIFF tiling), got {tile}.")
+        if int(options.get("min_levels", 3)) < 1:
+            raise ValueError(f"min_levels must be >= 1, got {options.get('min_levels')}.")
+        if options.get("min_level_size") is not None and int(options["min_level_size"]) < 1:
+            raise ValueError(f"min_level_size must be >= 1, got {options['min_level_size']}.")
 
     def write(
         self,
@@ -67,7 +85,8 @@ class WsiOverlayWriter(Writer):
         *,
         channel: int = 0,
         tile: int = 256,
-        min_level_size: int = 256,
+        min_level_size: int | None = None,
+        min_levels: int = 3,
         compression: str | None = "zlib",
     ) -> None:
         ref = case.reference
@@ -86,12 +105,10 @@ class WsiOverlayWriter(Writer):
         canvas[y0 : y0 + h, x0 : x0 + w] = region[:h, :w]
         description = json.dumps({"medcam_monai": {"method": case.method, "kind": case.kind, "target": case.targets[channel],
                                                    "value_min": lo, "value_max": hi, "downsample_from_level0": ref.downsample}})
-        levels = [canvas]
-        while max(levels[-1].shape) >= 2 * min_level_size:
-            levels.append(_downscale(levels[-1]))
+        levels = pyramid(canvas, tile if min_level_size is None else min_level_size, min_levels)
         with tifffile.TiffWriter(path, bigtiff=canvas.size > 2**31) as tif:
             for i, level in enumerate(levels):
-                scale = ref.downsample * (canvas.shape[0] / level.shape[0])
+                scale = ref.downsample * 2**i  # this level's downsample from the slide's level 0
                 kw = {}
                 if ref.mpp is not None:
                     # pixels per centimetre at this level

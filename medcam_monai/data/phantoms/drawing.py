@@ -26,6 +26,8 @@ class PhantomBatch:
             :func:`ct_phantoms`); the evidence of any label ``c`` is ``labels == c``.
         class_names: names of the class indices (or label values), in order; empty when generic.
         task: ``"classification"`` or ``"segmentation"``.
+        affine: ``(D + 1, D + 1)`` voxel-to-world (RAS mm) affine shared by the cases, when they have a
+            real geometry (cases made from real anatomy); None for generated pictures.
     """
 
     images: torch.Tensor
@@ -33,6 +35,7 @@ class PhantomBatch:
     evidence: torch.Tensor
     class_names: tuple[str, ...] = ()
     task: str = "classification"
+    affine: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
