@@ -15,7 +15,7 @@ import torch
 
 from medcam_monai.data.anatomy import tissue
 from medcam_monai.data.anatomy.lesions import LESION_CLASSES, brain_median_by_class, lesion_slices
-from medcam_monai.data.anatomy.template import load_template, spacing_for_size, tissue_labels, wheel_file
+from medcam_monai.data.anatomy.template import load_template, tissue_labels, wheel_file
 
 # the 3D test network: 48 voxels across the head (4.2 mm), a 3-level UNet, 120 iterations of 2 crops
 TISSUE = {"image_size": 48, "roi_size": [32, 32, 32], "channels": [8, 16, 32], "strides": [2, 2]}

@@ -4,7 +4,6 @@ model is called so, an earlier run is never overwritten, and the report page sho
 from __future__ import annotations
 
 import html
-from pathlib import Path
 
 import numpy as np
 from PIL import Image

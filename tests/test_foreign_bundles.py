@@ -16,7 +16,6 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-import torch
 from PIL import Image
 
 from medcam_monai.bundle import explain_with_bundle, fragment_path

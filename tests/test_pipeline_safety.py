@@ -10,7 +10,6 @@ real PACS (timeouts, HTTP 5xx, a full disk, two runs at once, SIGKILL at random 
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import socket
 import sys
