@@ -139,9 +139,16 @@ def weak_model_warning(accuracy: float, quick: bool) -> str | None:
     return None
 
 
-def lesion_overlap_phrase(iou: float | None, area: float | None) -> str:
+def lesion_overlap_phrase(iou: float | None, area: float | None, covered: float | None = None) -> str:
     """What a Med-CAM mask says about the planted lesion, for the case line: a mask over most of the
-    image "overlaps" every lesion, so it is called what it is (no localisation); '' without a lesion."""
+    image "overlaps" every lesion, so it is called what it is (no localisation); a mask that holds the
+    lesion but is much larger is said to be so (its IoU alone would read as a miss); '' without a lesion.
+
+    Args:
+        iou: IoU of the mask with the lesion (None: no lesion in the case).
+        area: the mask's fraction of the image.
+        covered: the fraction of the lesion inside the mask.
+    """
     if iou is None:
         return ""
     area_text = "" if area is None else f"{float(area):.0%} of the image, "
@@ -149,6 +156,9 @@ def lesion_overlap_phrase(iou: float | None, area: float | None) -> str:
         return f"; the mask covers {area_text}so it does not localise the planted lesion (IoU {iou:.2f})"
     if iou >= 0.1:
         return f"; the mask overlaps the planted lesion (IoU {iou:.2f})"
+    if covered is not None and covered >= 0.5 and iou > 0:
+        return (f"; the mask holds {covered:.0%} of the planted lesion but is about {covered / iou:.0f}x its size "
+                f"(IoU {iou:.2f}): it points at the lesion's region, not the lesion")
     if iou > 0:
         return f"; the mask barely touches the planted lesion (IoU {iou:.2f})"
     return "; the mask misses the planted lesion"
@@ -176,17 +186,19 @@ def _accuracy(bundle, root: Path, weights: Path, n: int, image_size: int):
     return data, float((predictions == data.labels).float().mean())
 
 
-def _mask_iou(record: dict, truth) -> float | None:
-    """IoU of a record's NIfTI mask with the true lesion (both on the source grid), None without a lesion."""
+def _mask_overlap(record: dict, truth) -> tuple[float | None, float | None]:
+    """IoU of a record's NIfTI mask with the true lesion (both on the source grid) and the fraction of
+    the lesion inside the mask; (None, None) without a lesion."""
     import nibabel as nib
 
     if truth is None or float(truth.max()) < 0.5 or not record["outputs"].get("nifti"):
-        return None
+        return None, None
     mask = np.asarray(nib.load(record["outputs"]["nifti"]).dataobj).squeeze() >= 0.5
     true = np.asarray(truth).squeeze() >= 0.5
     if mask.shape != true.shape:
-        return None
-    return float((mask & true).sum() / max(1, (mask | true).sum()))
+        return None, None
+    both = float((mask & true).sum())
+    return both / max(1.0, float((mask | true).sum())), both / max(1.0, float(true.sum()))
 
 
 def _redraw_with_lesion(record: dict, truth, class_names) -> None:
@@ -299,9 +311,9 @@ def run_demo(
     by_source = {d["image"]: i for i, d in enumerate(test_cases)}
     for r in records:
         truth = data.truth[by_source[r["source"]]] if data.truth is not None and r["source"] in by_source else None
-        iou = _mask_iou(r, truth)
-        r["lesion_iou"] = iou
-        r["note"] = lesion_overlap_phrase(iou, (r.get("scores") or {}).get("area_fraction"))
+        iou, covered = _mask_overlap(r, truth)
+        r["lesion_iou"], r["lesion_covered"] = iou, covered
+        r["note"] = lesion_overlap_phrase(iou, (r.get("scores") or {}).get("area_fraction"), covered)
         if iou is not None and r["outputs"].get("png"):
             _redraw_with_lesion(r, truth, LESION_CLASSES)
         print(f"  {r['case_id']}: {case_summary(r, LESION_CLASSES)}{r['note']}")

@@ -80,6 +80,10 @@ def test_a_mask_over_most_of_the_image_is_not_called_a_localisation():
     assert lesion_overlap_phrase(0.45, 0.02) == "; the mask overlaps the planted lesion (IoU 0.45)"
     assert "barely touches" in lesion_overlap_phrase(0.05, 0.02)
     assert lesion_overlap_phrase(0.0, 0.0) == "; the mask misses the planted lesion"
+    # the whole lesion inside a mask 16x its size: said so, not "barely touches" (a demo run printed that)
+    held = lesion_overlap_phrase(0.06, 0.28, covered=0.96)
+    assert "holds 96% of the planted lesion" in held and "16x its size" in held and "barely" not in held, held
+    assert "barely touches" in lesion_overlap_phrase(0.05, 0.02, covered=0.2)
 
 
 def test_bad_demo_sizes_are_refused_before_any_work(tmp_path, capsys):
