@@ -169,7 +169,7 @@ def lesion_classifier(tmp_path_factory):
     root = tmp_path_factory.mktemp("brain_lesion")
     weights = train_bundle(find_bundle("brain_lesion_resnet10t"), root, progress=False, **LESION)
     network = timm.create_model("resnet10t", pretrained=False, num_classes=3, in_chans=1)
-    network.load_state_dict(torch.load(weights, map_location="cpu"))
+    network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     batch = lesion_slices(90, size=LESION["image_size"], seed=20_000, split="test")
     images = torch.round(batch.images * 255) / 255  # the bundle reads 8-bit PNG files
     return network.eval(), weights, images, batch
