@@ -30,7 +30,29 @@ def _bytes_of(ds: pydicom.Dataset) -> bytes:
     return buf.getvalue()
 
 
-class FakeDicomWeb:
+class _LocalHttpServer:
+    """A ``ThreadingHTTPServer`` on a free loopback port, served from a daemon thread while the
+    ``with`` block runs (the one start/stop of the fake servers below)."""
+
+    def _serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class FakeDicomWeb(_LocalHttpServer):
     """A DICOMweb root at ``http://127.0.0.1:<port>/dicom-web`` holding ``datasets``.
 
     Args:
@@ -88,21 +110,11 @@ class FakeDicomWeb:
                     return self._send(fake.store_status, b"Service Unavailable (test)", "text/plain")
                 return self._send(200, b"{}")  # stored objects are not kept: no test here stores for real
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._serve(Handler)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/dicom-web"
-
-    def __enter__(self) -> FakeDicomWeb:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        return f"{self.origin}/dicom-web"
 
 
 class SilentServer:
@@ -142,7 +154,7 @@ HOP_BY_HOP = ("content-length", "transfer-encoding", "connection", "content-enco
               "proxy-authenticate", "proxy-authorization", "te", "trailer", "upgrade")
 
 
-class FailingStoreProxy:
+class FailingStoreProxy(_LocalHttpServer):
     """An HTTP proxy in front of a DICOMweb server that answers every STOW-RS (POST) with
     ``store_status`` (e.g. 503) while ``failing`` is true, and forwards everything else (and, once
     ``failing`` is false, the POSTs too): a PACS whose storage is briefly down, reads still working.
@@ -195,20 +207,10 @@ class FailingStoreProxy:
             def do_POST(self) -> None:  # noqa: N802
                 self._forward("POST")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._serve(Handler)
 
     def url(self, path: str = "/dicom-web") -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
-
-    def __enter__(self) -> FailingStoreProxy:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        return f"{self.origin}{path}"
 
 
 def object_with_identity(src, identity, dest):
