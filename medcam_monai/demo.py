@@ -193,12 +193,16 @@ def _mask_overlap(record: dict, truth) -> tuple[float | None, float | None]:
 
     if truth is None or float(truth.max()) < 0.5 or not record["outputs"].get("nifti"):
         return None, None
+    import torch
+
+    from medcam_monai.evaluation.metrics import iou
+
     mask = np.asarray(nib.load(record["outputs"]["nifti"]).dataobj).squeeze() >= 0.5
     true = np.asarray(truth).squeeze() >= 0.5
     if mask.shape != true.shape:
         return None, None
-    both = float((mask & true).sum())
-    return both / max(1.0, float((mask | true).sum())), both / max(1.0, float(true.sum()))
+    covered = float((mask & true).sum()) / max(1.0, float(true.sum()))
+    return float(iou(torch.from_numpy(mask)[None, None].float(), torch.from_numpy(true)[None, None])), covered
 
 
 def _redraw_with_lesion(record: dict, truth, class_names) -> None:
@@ -235,9 +239,13 @@ def _energy_inside(record: dict, brain: Path) -> float:
     """Share of ``sum |map|`` inside the brain, from the NIfTI map on the source grid."""
     import nibabel as nib
 
+    import torch
+
+    from medcam_monai.evaluation.metrics import energy_inside
+
     h = np.abs(np.asarray(nib.load(record["outputs"]["nifti"]).dataobj, dtype=np.float64).squeeze())
     b = np.asarray(nib.load(str(brain)).dataobj).squeeze() > 0
-    return float(h[b].sum() / max(h.sum(), 1e-12))
+    return float(energy_inside(torch.from_numpy(h)[None, None], torch.from_numpy(b)[None, None]))
 
 
 def run_demo(
