@@ -1,5 +1,7 @@
 """Med-CAM behaviour: result contents, the frozen-classifier guarantee, errors, batching, seeds."""
 
+import math
+
 import pytest
 import torch
 from monai.data import MetaTensor
@@ -236,3 +238,43 @@ def test_3d_multichannel_classifier():
 def test_cosine_distance_and_several_layers():
     ex = fast(small_cnn(), layer=["2", "4"], layer_weights=[1.0, 0.5], distance="cosine")(torch.rand(1, 1, 16, 16))
     assert torch.all(ex.history["act"] >= 0) and torch.all(ex.history["act"] <= 3.0)
+
+
+def decoy_classifier() -> nn.Module:
+    """Class 0 with log-odds ``6 * (mean over A - 0.6 * mean over B)``: region A is the evidence,
+    region B a decoy that argues against it (the image: p = 0.92; A alone: p = 0.998)."""
+
+    class Decoy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Identity()  # a layer with a spatial output (for activation matching)
+
+        def forward(self, t):
+            t = self.features(t)
+            a, b = t[:, 0, 4:10, 4:10].mean((1, 2)), t[:, 0, 20:26, 20:26].mean((1, 2))
+            return torch.stack([6 * (a - 0.6 * b), torch.zeros_like(a)], 1)
+
+    return Decoy().eval()
+
+
+def test_soft_confidence_reproduces_the_evidence_more_convincing_than_the_image():
+    x = torch.zeros(1, 1, 32, 32)
+    x[0, 0, 4:10, 4:10] = 1.0
+    x[0, 0, 20:26, 20:26] = 1.0
+    net = decoy_classifier()
+    kwargs = dict(fill="zero", background="blur", steps=120, early_stopping=None)
+    image = MedCAM(net, **kwargs)(x)
+    soft = MedCAM(net, confidence="soft", **kwargs)(x)
+    p_x = float(soft.scores["prob_x"][0])
+    assert math.isclose(p_x, 1 / (1 + math.exp(-6 * 0.4)), rel_tol=1e-5)
+    # the default stops at the image's confidence: a part of A suffices
+    assert float(image.scores["prob_e"][0]) < p_x + 0.03, image.scores
+    # "soft": the optimised soft evidence drops the decoy and is more convincing than the image,
+    # and the binary evidence is as convincing as it
+    p_soft = float(soft.scores["prob_e_soft"][0])
+    assert p_soft > p_x + 0.05, soft.scores
+    assert float(soft.scores["prob_e"][0]) >= min(p_soft, 0.99) - 1e-3
+    assert float(soft.map[0, 0, 20:26, 20:26].sum()) == 0  # the decoy is not evidence
+    assert bool(soft.scores["sufficient"][0]) and soft.settings["confidence"] == "soft"
+    with pytest.raises(ValueError, match="confidence"):
+        MedCAM(net, confidence="max")

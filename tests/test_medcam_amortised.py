@@ -45,6 +45,20 @@ def test_fit_records_the_data_mean_and_a_trained_unet(fitted):
     assert any(not torch.equal(fresh[k], v) for k, v in medcam.warm_start.items()), "fit must train the U-Net"
 
 
+def test_the_amortised_unet_works_at_full_resolution_and_its_file_says_so(fitted, tmp_path):
+    net, medcam, path, _data = fitted
+    assert MedCAM(net).mask_scale == 0.5  # per image: half resolution
+    assert medcam.mask_scale == 1.0 and medcam.settings()["mask_scale"] == 1.0  # fitted: full resolution
+    assert torch.load(path, map_location="cpu", weights_only=True)["mask_scale"] == 1.0
+    assert MedCAM(net, warm_start=path).mask_scale == 1.0  # the file brings its scale
+    assert MedCAM(net, warm_start=medcam.warm_start).mask_scale == 0.5  # a bare state dict has none
+    assert MedCAM(net, mask_scale=0.25).fit([images(4)], epochs=1).mask_scale == 0.25  # a chosen scale stays
+    with pytest.raises(ValueError, match="mask_scale"):
+        MedCAM(net, warm_start=path, mask_scale=0.5)
+    with pytest.raises(ValueError, match="mask_scale"):
+        MedCAM(net, mask_scale=0)
+
+
 def test_the_unet_file_loads_with_weights_only_and_round_trips(fitted):
     net, medcam, path, data = fitted
     payload = torch.load(path, map_location="cpu", weights_only=True)  # plain tensors and containers only
@@ -90,6 +104,7 @@ def test_handler_starts_from_the_bundles_fitted_unet_when_present(fitted, tmp_pa
     )
     run_handler(net, handler)
     assert handler.explainer.warm_start_source == str(path)
+    assert handler.explainer.mask_scale == medcam.mask_scale == 1.0
     for k, v in medcam.warm_start.items():
         assert torch.equal(handler.explainer.warm_start[k], v)
     # a bundle without the file explains each image from scratch

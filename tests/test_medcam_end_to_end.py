@@ -107,7 +107,11 @@ def test_fit_reduces_the_steps_needed_on_held_aside_images(saturated, cases, per
     # the fast path trusts the fitted U-Net once its mask is sufficient: its quality is the fit's,
     # which is good on most held-aside cases (one case in six was measured at 18% of the image)
     assert float(ex.scores["area_fraction"].median()) < 0.10, ex.scores["area_fraction"]
-    assert float(precision(ex.map, truth).median()) >= 0.8, precision(ex.map, truth)
+    amortised_precision, per_image_precision = precision(ex.map, truth).median(), precision(per_image.map, truth).median()
+    print(f"precision: amortised {float(amortised_precision):.3f}, per-image {float(per_image_precision):.3f}")
+    assert float(amortised_precision) >= 0.8, precision(ex.map, truth)
+    # the target: amortised precision within 0.05 of per-image training on the same cases
+    assert float(amortised_precision) >= float(per_image_precision) - 0.05, (amortised_precision, per_image_precision)
 
 
 def test_a_randomised_classifier_changes_the_mask(per_image, cases):

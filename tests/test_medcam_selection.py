@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medcam_monai.medcam import EarlyStopping, losses
-from medcam_monai.medcam.selection import smallest_sufficient, thresholded
+from medcam_monai.medcam.selection import prefer, smallest_sufficient, thresholded
 from medcam_monai.medcam.stopping import CaseProgress
 
 REGION = (slice(4, 8), slice(4, 8))  # 16 pixels of a 16 x 16 image
@@ -60,6 +60,19 @@ def test_no_sufficient_mask_reports_the_whole_image():
     sel = smallest_sufficient(region_classifier, x, soft, torch.zeros_like(x), torch.zeros_like(x), torch.tensor([0]),
                               torch.tensor([50.0]))  # fmt: skip
     assert int(sel.counts[0]) == 256 and not bool(sel.sufficient[0]) and bool((sel.binary == 1).all())
+
+
+def test_prefer_takes_the_first_selection_where_it_is_sufficient():
+    x, soft = case()
+    x2, soft2 = torch.cat([x, x]), torch.cat([soft, soft])
+    zeros, target = torch.zeros_like(x2), torch.tensor([0, 0])
+    low = smallest_sufficient(region_classifier, x2, soft2, zeros, zeros, target, torch.tensor([0.5, 0.5]), refine=2)
+    # case 0 asks for log-odds 5 (14 of 16 region pixels: 7.5; 13: 6.25; 12: 5), case 1 for 50 (out of reach)
+    high = smallest_sufficient(region_classifier, x2, soft2, zeros, zeros, target, torch.tensor([5.0, 50.0]), refine=2)
+    both = prefer(high, low)
+    assert both.counts.tolist() == [12, int(low.counts[1])] and both.sufficient.tolist() == [True, True]
+    assert torch.equal(both.binary[0], high.binary[0]) and torch.equal(both.binary[1], low.binary[1])
+    assert torch.equal(both.probes, high.probes + low.probes)
 
 
 def test_threshold_selection_reports_its_sufficiency():

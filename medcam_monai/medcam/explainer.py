@@ -39,7 +39,7 @@ from medcam_monai.hooks import LayerRecorder, deepest_layer, frozen, unwrap_mode
 from medcam_monai.medcam import losses
 from medcam_monai.medcam.config import EarlyStopping, LossWeights
 from medcam_monai.medcam.fills import Fill, describe_fill, make_fill, resolve_fill
-from medcam_monai.medcam.selection import AREA_GRID, Selection, smallest_sufficient, thresholded
+from medcam_monai.medcam.selection import AREA_GRID, Selection, prefer, smallest_sufficient, thresholded
 from medcam_monai.medcam.stopping import CaseProgress
 from medcam_monai.perturbation import BACKGROUNDS, is_random_background, make_background
 from medcam_monai.targets import TargetSpec, classifier_targets
@@ -52,8 +52,11 @@ LOSS_TERMS = ("act", "ce", "kl", "area", "bin", "tv", "rob", "total")
 HISTORY = (*LOSS_TERMS, "margin", "min_scale", "selected_area")
 UNET_FORMAT = "medcam-monai/mask-unet/1"
 SELECTIONS = ("sufficient", "threshold")
+CONFIDENCES = ("image", "soft")
 _UNET_DEPTH = 16  # BasicUNet halves the grid four times
 _UNET_MIN = 32  # and its instance norm needs more than one voxel at the bottom
+PER_IMAGE_MASK_SCALE = 0.5  # mask_scale=None: a U-Net trained per image works at half resolution
+AMORTISED_MASK_SCALE = 1.0  # and the amortised one of fit() at full resolution (measured, see mask_scale)
 _FINAL_REFINE = 2  # bisection rounds of the final selection between two grid areas (<= 1.09x)
 
 
@@ -99,21 +102,34 @@ class MedCAM:
             backgrounds: 88% against 100% with 0.99 on DenseNet121).
         select: ``"sufficient"`` (default: the smallest top-k of the soft mask that keeps the
             decision) or ``"threshold"`` (the paper's ``m > threshold``).
+        confidence: how confident the selected mask's evidence must be (``select="sufficient"``):
+            ``"image"`` (default: ``min(p(x), keep_p)``, the smallest mask that convinces the
+            classifier as much as the image does) or ``"soft"`` (as much as the U-Net's soft
+            evidence, where a top-k reaches it, else as the image: the paper's effect, evidence
+            more convincing than the image when the rest of the image argues against the
+            decision; larger masks). Measured with a decoy of the other class in the image
+            (label-smoothed ResNet-18): p(x) 0.76, soft evidence 0.90, ``"image"`` 0.77.
         init_mask: the mask every U-Net starts from (a constant; 0.5 puts the classifier where its
             gradient points at the evidence, measured on DenseNet121 and ResNet-18).
         steps: the most optimisation steps per case.
         lr: Adam learning rate of the U-Nets.
         threshold: the soft mask's threshold (``select="threshold"``; a candidate area otherwise).
         mask_scale: the U-Net works on the image resized by this factor and its mask is upsampled
-            (linearly) to the input size.
+            (linearly) to the input size. None (default): 0.5 for a U-Net trained per image; 1.0 for
+            the amortised U-Net of :meth:`fit` (a file of :meth:`save_unet` brings the scale it was
+            fitted at). One U-Net for a whole data set must find the evidence in its first pass, and
+            at half resolution its masks were imprecise: refined 5 steps, median precision 0.54
+            (ResNet-18) and 0.48 (DenseNet121) against 0.73 and 1.00 at full resolution, per-image
+            training 0.75 and 1.00 (12 cases each, docs/benchmarks.md).
         unet_features: ``BasicUNet`` features (6 numbers).
         early_stopping: an :class:`EarlyStopping`, or None to always run ``steps``.
         warm_start: a U-Net to start every case from: a ``state_dict`` (e.g. :meth:`unet_state`),
             or the path of a file written by :meth:`save_unet` (an amortised U-Net of :meth:`fit`).
         refine_steps: steps per case from a fitted or warm-started U-Net before its first check; a
             case whose selected mask is sufficient then stops, the others continue under
-            ``early_stopping`` up to ``steps``. More steps trade speed for precision (ResNet-18,
-            CPU: 5 steps 0.54 s/image, precision 0.61; 40 steps 2.15 s, 0.90; per-image 5.2 s, 0.80).
+            ``early_stopping`` up to ``steps``. With the fitted U-Net at full resolution, 5 steps
+            gave median precision 0.73 (ResNet-18) and 1.00 (DenseNet121) against 0.75 and 1.00 per
+            image, at a tenth of the time (CPU, 12 cases, docs/benchmarks.md).
         amp: ``"bf16"`` to run the classifier and the U-Net under bfloat16 autocast (losses in fp32),
             or None for fp32.
         post_relu: apply ReLU to recorded activations (the paper matches post-ReLU activations).
@@ -142,11 +158,12 @@ class MedCAM:
         decision: str = "margin",
         keep_p: float = 0.99,
         select: str = "sufficient",
+        confidence: str = "image",
         init_mask: float = 0.5,
         steps: int = 300,
         lr: float = 0.03,
         threshold: float = 0.5,
-        mask_scale: float = 0.5,
+        mask_scale: float | None = None,
         unet_features: Sequence[int] = (8, 8, 16, 32, 64, 8),
         early_stopping: EarlyStopping | None = EarlyStopping(),
         warm_start: dict | str | Path | None = None,
@@ -189,6 +206,9 @@ class MedCAM:
         if select not in SELECTIONS:
             raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}.")
         self.select = select
+        if confidence not in CONFIDENCES:
+            raise ValueError(f"confidence must be one of {CONFIDENCES}, got {confidence!r}.")
+        self.confidence = confidence
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}.")
         self.steps = int(steps)
@@ -196,9 +216,10 @@ class MedCAM:
             raise ValueError(f"refine_steps must be >= 0, got {refine_steps}.")
         self.refine_steps = int(refine_steps)
         self.lr = float(lr)
-        if not 0 < mask_scale <= 1:
-            raise ValueError(f"mask_scale must be in (0, 1], got {mask_scale}.")
-        self.mask_scale = float(mask_scale)
+        if mask_scale is not None and not 0 < mask_scale <= 1:
+            raise ValueError(f"mask_scale must be in (0, 1] or None, got {mask_scale}.")
+        self._mask_scale = None if mask_scale is None else float(mask_scale)
+        self._fitted_scale: float | None = None  # the amortised U-Net's scale, when mask_scale is None
         if len(unet_features) != 6:
             raise ValueError(f"unet_features needs 6 numbers (BasicUNet), got {list(unet_features)}.")
         self.unet_features = tuple(int(f) for f in unet_features)
@@ -215,6 +236,13 @@ class MedCAM:
         if warm_start is not None:
             self.load_unet(warm_start)
         self._last_unets: list[nn.Module] = []
+
+    @property
+    def mask_scale(self) -> float:
+        """The U-Net's resolution factor in use (see ``mask_scale`` of the constructor)."""
+        if self._mask_scale is not None:
+            return self._mask_scale
+        return self._fitted_scale if self._fitted_scale is not None else PER_IMAGE_MASK_SCALE
 
     # -- settings -------------------------------------------------------------------------------
     def settings(self) -> dict:
@@ -233,6 +261,7 @@ class MedCAM:
             "decision": self.decision,
             "keep_p": self.keep_p,
             "select": self.select,
+            "confidence": self.confidence,
             "init_mask": self.init_mask,
             "steps": self.steps,
             "refine_steps": self.refine_steps,
@@ -524,6 +553,12 @@ class MedCAM:
         with torch.no_grad():
             soft = masks_for(list(range(batch)))
         selection = self._select(f, x, soft, b, r, target, need, refine=_FINAL_REFINE)
+        if self.confidence == "soft" and self.select == "sufficient":
+            with torch.no_grad():
+                soft_margin = losses.logit_margin(self._logits(f, soft * x + (1 - soft) * b), target)
+            forward_images += 1
+            need_soft = torch.maximum(need, soft_margin.clamp(max=_logit(self.keep_p)) - 1e-4)
+            selection = prefer(self._select(f, x, soft, b, r, target, need_soft, refine=_FINAL_REFINE), selection)
         reasons = [p.reason for p in progress]
         for i in range(batch):
             if not bool(selection.sufficient[i]):
@@ -605,6 +640,8 @@ class MedCAM:
         if first is None:
             raise ValueError("the loader is empty: fit needs images.")
         self.data_mean = (total / count).float()
+        if self._mask_scale is None:
+            self._fitted_scale = AMORTISED_MASK_SCALE
         device = first.device
         unet = self._new_unet(first.ndim - 2, first.shape[1], device, None)
         optimiser = torch.optim.Adam(unet.parameters(), lr=lr)
@@ -685,7 +722,12 @@ class MedCAM:
             where = str(path)
         if not isinstance(payload, dict) or payload.get("format") != UNET_FORMAT or not isinstance(payload.get("state_dict"), dict):
             raise ValueError(f"warm_start: {where} is not a Med-CAM U-Net file (format {UNET_FORMAT!r}).")
-        if list(payload.get("unet_features", [])) != list(self.unet_features) or payload.get("mask_scale") != self.mask_scale:
+        scale = payload.get("mask_scale")
+        if not isinstance(scale, (int, float)) or not 0 < scale <= 1:
+            raise ValueError(f"warm_start: {where} has no valid mask_scale (got {scale!r}); fit and save it again.")
+        if self._mask_scale is None:
+            self._fitted_scale = float(scale)  # the U-Net works at the scale it was fitted at
+        if list(payload.get("unet_features", [])) != list(self.unet_features) or float(scale) != self.mask_scale:
             raise ValueError(
                 f"warm_start: {where} was fitted with unet_features={payload.get('unet_features')} and "
                 f"mask_scale={payload.get('mask_scale')}; this explainer has {list(self.unet_features)} and "

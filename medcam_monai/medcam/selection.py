@@ -20,7 +20,7 @@ import torch
 
 from medcam_monai.medcam.losses import logit_margin
 
-__all__ = ["AREA_GRID", "Selection", "smallest_sufficient", "thresholded"]
+__all__ = ["AREA_GRID", "Selection", "smallest_sufficient", "thresholded", "prefer"]
 
 AREA_GRID = tuple(0.001 * 2 ** (i / 2) for i in range(19))  # 0.1% .. 51%, steps of sqrt(2)
 
@@ -139,3 +139,16 @@ def thresholded(
     ok = _keeps(logits[:k], target, need) & _keeps(logits[k:], target, None)
     counts = binary.reshape(k, -1).sum(1).long()
     return Selection(binary, counts.cpu(), (ok & (counts < binary[0].numel())).cpu(), torch.full((k,), 2))
+
+
+def prefer(first: Selection, fallback: Selection) -> Selection:
+    """Per case, ``first`` where it is sufficient, else ``fallback`` (both over the same cases);
+    the probes of both are counted."""
+    use = first.sufficient.to(first.binary.device)
+    pick = use.view(-1, *([1] * (first.binary.ndim - 1)))
+    return Selection(
+        torch.where(pick, first.binary, fallback.binary),
+        torch.where(first.sufficient, first.counts, fallback.counts),
+        first.sufficient | fallback.sufficient,
+        first.probes + fallback.probes,
+    )
