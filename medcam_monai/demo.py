@@ -109,13 +109,14 @@ def make_mosaic_slide(path: Path, tiles: list[np.ndarray], columns: int = 4, mpp
     OpenSlide's generic layout, 3 levels), the layout scanners and QuPath use for whole slides."""
     import tifffile
 
+    from medcam_monai.io.wsi import pyramid
+
     rows = [np.concatenate(tiles[r : r + columns], axis=1) for r in range(0, len(tiles), columns)]
     grey = np.concatenate(rows, axis=0)
-    base = np.repeat(grey[..., None], 3, axis=-1)
     with tifffile.TiffWriter(path) as tif:
-        for i in range(3):
+        for i, level in enumerate(pyramid(grey, min_level_size=max(grey.shape), min_levels=3)):  # the overlays' halving
             f = 2**i
-            tif.write(np.ascontiguousarray(base[::f, ::f]), tile=(64, 64), photometric="rgb",
+            tif.write(np.repeat(level[..., None], 3, axis=-1), tile=(64, 64), photometric="rgb",
                       resolution=(1e4 / (mpp * f), 1e4 / (mpp * f)), resolutionunit="CENTIMETER",
                       subfiletype=0 if i == 0 else 1, metadata=None)
     return path
@@ -228,11 +229,16 @@ def _redraw_with_lesion(record: dict, truth, class_names) -> None:
 
 
 def _dice(prediction: Path, label: Path) -> dict[int, float]:
+    """Dice of grey (1) and white matter (2) between two label-map files (MONAI's, through the
+    evaluation's :func:`~medcam_monai.evaluation.metrics.class_overlap`)."""
     import nibabel as nib
+    import torch
 
-    p = np.asarray(nib.load(str(prediction)).dataobj).squeeze()
-    t = np.asarray(nib.load(str(label)).dataobj).squeeze()
-    return {c: float(2 * ((p == c) & (t == c)).sum() / max(1, (p == c).sum() + (t == c).sum())) for c in (1, 2)}
+    from medcam_monai.evaluation.metrics import class_overlap
+
+    p, t = (torch.from_numpy(np.asarray(nib.load(str(f)).dataobj).squeeze().astype(np.int64))[None, None] for f in (prediction, label))
+    dice = class_overlap(p, t, num_classes=3).dice[0]
+    return {c: float(dice[c]) for c in (1, 2)}
 
 
 def _energy_inside(record: dict, brain: Path) -> float:

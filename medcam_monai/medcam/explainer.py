@@ -552,13 +552,17 @@ class MedCAM:
         run_steps = int(steps.max())
         with torch.no_grad():
             soft = masks_for(list(range(batch)))
-        selection = self._select(f, x, soft, b, r, target, need, refine=_FINAL_REFINE)
+        selection = None
         if self.confidence == "soft" and self.select == "sufficient":
             with torch.no_grad():
                 soft_margin = losses.logit_margin(self._logits(f, soft * x + (1 - soft) * b), target)
             forward_images += 1
             need_soft = torch.maximum(need, soft_margin.clamp(max=_logit(self.keep_p)) - 1e-4)
-            selection = prefer(self._select(f, x, soft, b, r, target, need_soft, refine=_FINAL_REFINE), selection)
+            selection = self._select(f, x, soft, b, r, target, need_soft, refine=_FINAL_REFINE)
+        if selection is None or not bool(selection.sufficient.all()):
+            # the image's confidence: the rule, or the fallback where no top-k is as convincing as the soft evidence
+            image = self._select(f, x, soft, b, r, target, need, refine=_FINAL_REFINE)
+            selection = image if selection is None else prefer(selection, image)
         reasons = [p.reason for p in progress]
         for i in range(batch):
             if not bool(selection.sufficient[i]):

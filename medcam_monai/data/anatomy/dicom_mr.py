@@ -32,7 +32,7 @@ import numpy as np
 
 __all__ = ["DicomGeometry", "dicom_geometry", "write_mr_series", "WrittenSeries"]
 
-_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS (io.dicom_series.LPS_TO_RAS; data/ imports no room above it)
 
 
 @dataclass(frozen=True)
