@@ -34,6 +34,8 @@ Usage::
 
     python benchmarks/bench_medcam.py --families resnet18 --cases 8          # CPU subset
     python benchmarks/bench_medcam.py --device cuda --cases 32 --train 2000  # every family on a GPU
+    python benchmarks/bench_medcam.py --families resnet18 --medcam rank=soft # MedCAM settings other than the defaults
+    bash benchmarks/gpu_medcam.sh                                             # the GPU rows of docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ IMAGE_MEAN, IMAGE_STD = 0.25, 0.14
 # epochs when ``--epochs`` overrides the family's
 SIZE_2D = 64
 EPOCHS: int | None = None
+# Med-CAM settings that replace the defaults in every row (``--medcam KEY=VALUE``)
+MEDCAM_KW: dict = {}
 
 
 @dataclass(frozen=True)
@@ -357,11 +361,12 @@ def run_family(family: str, args) -> list[dict]:
                 "note": "the true marker is sufficient on no case",
             }
         ]
-    out = []
-    per_image = explain(MedCAM(model), model, x, truth, y, new_bg, args.batch)
-    out.append({**base, "row": "per-image", **per_image})
+    out, per_image = [], None
+    if not args.amortised_only:
+        per_image = explain(MedCAM(model, **MEDCAM_KW), model, x, truth, y, new_bg, args.batch)
+        out.append({**base, "row": "per-image", **per_image})
     if "amortised" in args.rows:
-        medcam = MedCAM(model)
+        medcam = MedCAM(model, **MEDCAM_KW)
         data = phantoms(family, args.fit_images, seed=11).images
         start = time.perf_counter()
         medcam.fit(
@@ -377,20 +382,20 @@ def run_family(family: str, args) -> list[dict]:
                 **row,
             }
         )
-    if "randomised" in args.rows:
+    if "randomised" in args.rows and per_image is not None:
         torch.manual_seed(123)
         rnd = build(family).to(device).eval()
         k = min(len(x), 4)
         with torch.no_grad():
             y_rnd = rnd(x[:k]).argmax(1)
-        row = explain(MedCAM(rnd), rnd, x[:k], truth[:k], y_rnd, new_bg[:k], args.batch)
+        row = explain(MedCAM(rnd, **MEDCAM_KW), rnd, x[:k], truth[:k], y_rnd, new_bg[:k], args.batch)
         row["iou_with_trained"] = float(iou(row["_maps"], per_image["_maps"][:k]).mean())
         out.append({**base, "row": "randomised", **row})
     if "smoothed" in args.rows:
         soft, soft_info = trained(family, 0.2, args.train, cache, device)
         xs, ts, ys, bgs, _ = evaluation_cases(soft, family, args.cases, device)
         if len(xs):
-            row = explain(MedCAM(soft), soft, xs, ts, ys, bgs, args.batch)
+            row = explain(MedCAM(soft, **MEDCAM_KW), soft, xs, ts, ys, bgs, args.batch)
             out.append({**base, "row": f"smoothed (acc {soft_info['accuracy']:.2f})", **row})
     if "decoy" in args.rows:
         for smoothing in (0.0, 0.2):
@@ -398,11 +403,24 @@ def run_family(family: str, args) -> list[dict]:
             xd, td, yd, bgd, _ = evaluation_cases(clf, family, args.cases, device, decoy=args.decoy)
             kind = "saturated" if smoothing == 0 else f"smoothed, acc {clf_info['accuracy']:.2f}"
             for confidence in ("image", "soft") if len(xd) else ():
-                row = explain(MedCAM(clf, confidence=confidence), clf, xd, td, yd, bgd, args.batch)
+                row = explain(MedCAM(clf, **{**MEDCAM_KW, "confidence": confidence}), clf, xd, td, yd, bgd, args.batch)
                 out.append({**base, "row": f"decoy {args.decoy:g} ({kind}), confidence={confidence}", **row})
     for r in out:
         r.pop("_maps", None)
+        if MEDCAM_KW:
+            r["row"] += " [" + ", ".join(f"{k}={v}" for k, v in MEDCAM_KW.items()) + "]"
     return out
+
+
+def setting(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` of ``--medcam``; the value is read as JSON where it is (numbers, true/false)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"--medcam takes KEY=VALUE (a MedCAM keyword), got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def main(argv=None) -> int:
@@ -422,13 +440,23 @@ def main(argv=None) -> int:
     parser.add_argument("--decoy", type=float, default=0.7, help="contrast of the other class's marker in the decoy rows")
     parser.add_argument("--size", type=int, default=64, help="2D image side (3D volumes stay 32^3; not for vit_s16)")
     parser.add_argument("--epochs", type=int, help="classifier training epochs (default: the family's)")
+    parser.add_argument("--amortised-only", action="store_true", help="skip the per-image (and so the randomised) rows")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", default="outputs/bench_medcam12")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument(
+        "--medcam",
+        nargs="*",
+        type=setting,
+        default=[],
+        metavar="KEY=VALUE",
+        help="MedCAM keywords replacing the defaults in every row (e.g. keep_over_background=true)",
+    )
     args = parser.parse_args(argv)
     global SIZE_2D, EPOCHS
     SIZE_2D, EPOCHS = args.size, args.epochs
+    MEDCAM_KW.update(dict(args.medcam))
     torch.set_num_threads(args.threads)
     rows = []
     for family in args.families:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medcam_monai.medcam import EarlyStopping, losses
-from medcam_monai.medcam.selection import prefer, smallest_sufficient, thresholded
+from medcam_monai.medcam.selection import prefer, relevance_order, smallest_sufficient, thresholded
 from medcam_monai.medcam.stopping import CaseProgress
 
 REGION = (slice(4, 8), slice(4, 8))  # 16 pixels of a 16 x 16 image
@@ -40,6 +40,31 @@ def test_smallest_sufficient_finds_the_exact_minimum_along_the_ranking():
     coarse = smallest_sufficient(region_classifier, x, soft, torch.zeros_like(x), torch.zeros_like(x), target, need)
     assert int(coarse.counts[0]) == 12
     assert int(coarse.probes[0]) <= 6  # bisection: a handful of probes, not one per candidate
+
+
+def test_relevance_ranking_skips_what_the_classifier_ignores():
+    x, soft = case()
+    soft[0, 0, 10:14, 10:14] = 0.95  # a confident region of the soft mask the classifier never reads
+    target, need, zeros = torch.tensor([0]), torch.tensor([math.log(0.9 / 0.1)]), torch.zeros_like(x)
+    s = soft.clone().requires_grad_(True)
+    margin = losses.logit_margin(region_classifier(s * x + (1 - s) * zeros), target)
+    gain = torch.autograd.grad(margin.sum(), s)[0]
+    # d margin / d m = 20 / 16 * (x - b) = 1.25 on the region, 0 elsewhere (margin = 20 f - 10 - 0)
+    assert torch.allclose(gain[(0, 0, *REGION)], torch.full((4, 4), 1.25)) and int((gain != 0).sum()) == 16
+    order = relevance_order(soft, gain)
+    # read: the 3 x 3 mean of |gain| above 20% of its maximum (1.25): the region and the pixels along
+    # its sides (3 region pixels in their window: 0.42), not its outer corners (1 pixel: 0.14)
+    read = torch.zeros(16, 16, dtype=torch.bool)
+    read[3:9, 3:9] = True
+    for corner in ((3, 3), (3, 8), (8, 3), (8, 8)):
+        read[corner] = False
+    assert torch.equal(order[0, 0], torch.where(read, 1 + soft[0, 0], soft[0, 0]))
+    assert math.isclose(float(order[0, 0, 10, 10]), 0.95, rel_tol=1e-6)  # the ignored region: below every read pixel
+    by_relevance = smallest_sufficient(region_classifier, x, soft, zeros, zeros, target, need, refine=2, order=order)
+    assert int(by_relevance.counts[0]) == 10 and float((by_relevance.binary * x).sum()) == 10  # all on the region
+    # ranked by the soft mask the ignored region comes first: at least 16 more pixels for the same decision
+    by_soft = smallest_sufficient(region_classifier, x, soft, zeros, zeros, target, need, refine=2)
+    assert int(by_soft.counts[0]) >= 26 and float(by_soft.binary[0, 0, 10:14, 10:14].sum()) == 16
 
 
 def test_robustness_background_moves_the_selection_up():

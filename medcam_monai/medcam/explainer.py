@@ -22,6 +22,7 @@ image then starts from it and needs only a few refinement steps.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import BasicUNet
 from torch import nn
+from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
 from medcam_monai.checks import check_class_logits, check_image
@@ -39,7 +41,7 @@ from medcam_monai.hooks import LayerRecorder, deepest_layer, frozen, unwrap_mode
 from medcam_monai.medcam import losses
 from medcam_monai.medcam.config import EarlyStopping, LossWeights
 from medcam_monai.medcam.fills import Fill, describe_fill, make_fill, resolve_fill
-from medcam_monai.medcam.selection import AREA_GRID, Selection, prefer, smallest_sufficient, thresholded
+from medcam_monai.medcam.selection import AREA_GRID, Selection, prefer, relevance_order, smallest_sufficient, thresholded
 from medcam_monai.medcam.stopping import CaseProgress
 from medcam_monai.perturbation import BACKGROUNDS, is_random_background, make_background
 from medcam_monai.targets import TargetSpec, classifier_targets
@@ -52,6 +54,7 @@ LOSS_TERMS = ("act", "ce", "kl", "area", "bin", "tv", "rob", "total")
 HISTORY = (*LOSS_TERMS, "margin", "min_scale", "selected_area")
 UNET_FORMAT = "medcam-monai/mask-unet/1"
 SELECTIONS = ("sufficient", "threshold")
+RANKINGS = ("relevance", "soft")
 CONFIDENCES = ("image", "soft")
 _UNET_DEPTH = 16  # BasicUNet halves the grid four times
 _UNET_MIN = 32  # and its instance norm needs more than one voxel at the bottom
@@ -62,6 +65,34 @@ _FINAL_REFINE = 2  # bisection rounds of the final selection between two grid ar
 
 def _logit(p: float) -> float:
     return math.log(p / (1 - p))
+
+
+class _EachOnItsOwn:
+    """Each case's U-Net on its own image, as one vectorised call (``torch.func.vmap``).
+
+    The same values as ``torch.cat([unets[i](x[i : i + 1]) for i in idx])`` (to float rounding),
+    with one set of kernels for the batch instead of one per case: the loop was launch-bound on a
+    GPU. The parameters are stacked at every call, so each U-Net's gradient reaches its own
+    parameters and a case that left the batch is not touched (its parameters get no gradient).
+    """
+
+    def __init__(self, unet: nn.Module) -> None:
+        self.skeleton = copy.deepcopy(unet).to("meta")  # the U-Net's structure, without storage
+        self.names = [n for n, _ in unet.named_parameters()]
+        self.buffer_names = [n for n, _ in unet.named_buffers()]
+
+    def __call__(self, unets: Sequence[nn.Module], idx: Sequence[int], x: torch.Tensor, vectorise: bool = True) -> torch.Tensor:
+        if not vectorise or len(idx) == 1:
+            return torch.cat([unets[i](x[i : i + 1]) for i in idx])
+        params = [dict(unets[i].named_parameters()) for i in idx]
+        buffers = [dict(unets[i].named_buffers()) for i in idx]
+        state = {n: torch.stack([p[n] for p in params]) for n in self.names}
+        state.update({n: torch.stack([b[n] for b in buffers]) for n in self.buffer_names})
+
+        def one(weights: dict, image: torch.Tensor) -> torch.Tensor:
+            return functional_call(self.skeleton, weights, (image[None],))[0]
+
+        return vmap(one)(state, x[list(idx)])
 
 
 class MaskedInputError(RuntimeError):
@@ -102,13 +133,21 @@ class MedCAM:
             backgrounds: 88% against 100% with 0.99 on DenseNet121).
         select: ``"sufficient"`` (default: the smallest top-k of the soft mask that keeps the
             decision) or ``"threshold"`` (the paper's ``m > threshold``).
+        rank: how ``select="sufficient"`` orders the pixels of its top-k: ``"relevance"`` (default:
+            by the soft mask, the pixels the classifier does not read last, judged by the
+            gradient of the target's log-odds on the soft evidence; one more classifier pass with
+            its backward per selection, see :func:`~medcam_monai.medcam.selection.relevance_order`)
+            or ``"soft"`` (the soft mask alone). The soft mask also holds regions the classifier
+            ignores, and ranked by it alone they came first: 3D DenseNet median precision 0.11
+            with ``"soft"``, 1.00 with ``"relevance"`` (CPU, 8 cases, docs/benchmarks.md).
         confidence: how confident the selected mask's evidence must be (``select="sufficient"``):
             ``"image"`` (default: ``min(p(x), keep_p)``, the smallest mask that convinces the
             classifier as much as the image does) or ``"soft"`` (as much as the U-Net's soft
             evidence, where a top-k reaches it, else as the image: the paper's effect, evidence
             more convincing than the image when the rest of the image argues against the
             decision; larger masks). Measured with a decoy of the other class in the image
-            (label-smoothed ResNet-18): p(x) 0.76, soft evidence 0.90, ``"image"`` 0.77.
+            (label-smoothed ResNet-18): p(x) 0.76, soft evidence 0.90, ``"soft"`` 0.86,
+            ``"image"`` 0.79.
         init_mask: the mask every U-Net starts from (a constant; 0.5 puts the classifier where its
             gradient points at the evidence, measured on DenseNet121 and ResNet-18).
         steps: the most optimisation steps per case.
@@ -120,7 +159,7 @@ class MedCAM:
             fitted at). One U-Net for a whole data set must find the evidence in its first pass, and
             at half resolution its masks were imprecise: refined 5 steps, median precision 0.54
             (ResNet-18) and 0.48 (DenseNet121) against 0.73 and 1.00 at full resolution, per-image
-            training 0.75 and 1.00 (12 cases each, docs/benchmarks.md).
+            training 0.75 and 1.00 (12 cases each, ``rank="soft"``, docs/benchmarks.md).
         unet_features: ``BasicUNet`` features (6 numbers).
         early_stopping: an :class:`EarlyStopping`, or None to always run ``steps``.
         warm_start: a U-Net to start every case from: a ``state_dict`` (e.g. :meth:`unet_state`),
@@ -128,10 +167,16 @@ class MedCAM:
         refine_steps: steps per case from a fitted or warm-started U-Net before its first check; a
             case whose selected mask is sufficient then stops, the others continue under
             ``early_stopping`` up to ``steps``. With the fitted U-Net at full resolution, 5 steps
-            gave median precision 0.73 (ResNet-18) and 1.00 (DenseNet121) against 0.75 and 1.00 per
-            image, at a tenth of the time (CPU, 12 cases, docs/benchmarks.md).
+            gave median precision 1.00 (ResNet-18, DenseNet121) as per-image training, at a fifth
+            to a tenth of the time; MobileNet-V2 0.69 against 1.00 (CPU, 12 and 6 cases,
+            docs/benchmarks.md).
         amp: ``"bf16"`` to run the classifier and the U-Net under bfloat16 autocast (losses in fp32),
             or None for fp32.
+        vectorise: run the batch's U-Nets as one vectorised call (``torch.func.vmap``) instead of
+            one after the other. None (default): on accelerators, where the loop is launch-bound;
+            on CPU the loop keeps a case's result the same alone and in a batch (the vectorised
+            convolutions round differently with the batch size, and Adam carries that: soft masks
+            differed by up to 0.015 after 6 steps on the tests' classifier).
         post_relu: apply ReLU to recorded activations (the paper matches post-ReLU activations).
         seed: seeds the U-Nets' initial weights and random backgrounds, so runs are reproducible
             on CPU and a case gets the same result alone or in a batch.
@@ -158,6 +203,7 @@ class MedCAM:
         decision: str = "margin",
         keep_p: float = 0.99,
         select: str = "sufficient",
+        rank: str = "relevance",
         confidence: str = "image",
         init_mask: float = 0.5,
         steps: int = 300,
@@ -169,6 +215,7 @@ class MedCAM:
         warm_start: dict | str | Path | None = None,
         refine_steps: int = 5,
         amp: str | None = None,
+        vectorise: bool | None = None,
         post_relu: bool = True,
         seed: int = 0,
         progress: bool = False,
@@ -206,6 +253,9 @@ class MedCAM:
         if select not in SELECTIONS:
             raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}.")
         self.select = select
+        if rank not in RANKINGS:
+            raise ValueError(f"rank must be one of {RANKINGS}, got {rank!r}.")
+        self.rank = rank
         if confidence not in CONFIDENCES:
             raise ValueError(f"confidence must be one of {CONFIDENCES}, got {confidence!r}.")
         self.confidence = confidence
@@ -227,6 +277,7 @@ class MedCAM:
         if amp not in (None, "bf16"):
             raise ValueError(f"amp must be None or 'bf16', got {amp!r}.")
         self.amp = amp
+        self.vectorise = None if vectorise is None else bool(vectorise)
         self.post_relu = post_relu
         self.seed = int(seed)
         self.progress = progress
@@ -261,6 +312,7 @@ class MedCAM:
             "decision": self.decision,
             "keep_p": self.keep_p,
             "select": self.select,
+            "rank": self.rank,
             "confidence": self.confidence,
             "init_mask": self.init_mask,
             "steps": self.steps,
@@ -271,6 +323,7 @@ class MedCAM:
             "unet_features": list(self.unet_features),
             "early_stopping": None if stop is None else stop.__dict__.copy(),
             "amp": self.amp,
+            "vectorise": self.vectorise,
             "post_relu": self.post_relu,
             "seed": self.seed,
             "warm_start": self.warm_start_source,
@@ -370,11 +423,21 @@ class MedCAM:
         terms["margin"] = losses.logit_margin(logits_e, target).detach()
         return terms
 
-    def _select(self, f, x, soft, b, r, target, need, refine: int) -> Selection:
+    def _order(self, f, x, soft, b, target) -> torch.Tensor | None:
+        """The ranking of ``select="sufficient"`` (None: by the soft mask); costs one pass with backward."""
+        if self.select != "sufficient" or self.rank == "soft":
+            return None
+        with torch.enable_grad():
+            s = soft.detach().requires_grad_(True)
+            margin = losses.logit_margin(self._logits(f, s * x + (1 - s) * b), target)
+            gain = torch.autograd.grad(margin.sum(), s)[0]
+        return relevance_order(soft.detach(), gain)
+
+    def _select(self, f, x, soft, b, r, target, need, refine: int, order=None) -> Selection:
         logits_of = lambda t: self._logits(f, t)  # noqa: E731
         if self.select == "threshold":
             return thresholded(logits_of, x, soft, b, r, target, need, self.threshold)
-        return smallest_sufficient(logits_of, x, soft, b, r, target, need, self.threshold, refine, AREA_GRID)
+        return smallest_sufficient(logits_of, x, soft, b, r, target, need, self.threshold, refine, AREA_GRID, order)
 
     # -- main ---------------------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, target: TargetSpec = None) -> Explanation:
@@ -469,6 +532,8 @@ class MedCAM:
         x_unet, to_mask = self._unet_input(x)
         unets = [self._new_unet(x.ndim - 2, x.shape[1], device, self.warm_start) for _ in range(batch)]
         self._last_unets = unets
+        each_on_its_own = _EachOnItsOwn(unets[0])
+        vectorise = device.type != "cpu" if self.vectorise is None else self.vectorise
         optimiser = torch.optim.Adam([p for u in unets for p in u.parameters()], lr=self.lr)
         warm = self.warm_start is not None
         rule = self.early_stopping
@@ -486,18 +551,20 @@ class MedCAM:
 
         def masks_for(idx):
             with self._autocast(device):
-                out = torch.cat([unets[i](x_unet[i : i + 1]) for i in idx])
+                out = each_on_its_own(unets, idx, x_unet, vectorise)
             return to_mask(out)
 
         def check(idx, step):
             """The selection and the stopping judgement for cases ``idx`` after ``step`` steps."""
             with torch.no_grad():
                 soft = masks_for(idx)
-            sel = self._select(f, x[idx], soft, b[idx], r[idx], target[idx], need[idx], refine=0)
+            order = self._order(f, x[idx], soft, b[idx], target[idx])
+            sel = self._select(f, x[idx], soft, b[idx], r[idx], target[idx], need[idx], refine=0, order=order)
             thresholded_area = (soft > self.threshold).reshape(len(idx), -1).float().mean(1).cpu()
             still = []
             for j, i in enumerate(idx):
-                forward_images[i] += int(sel.probes[j])
+                forward_images[i] += int(sel.probes[j]) + (order is not None)
+                backward_images[i] += order is not None
                 area, ok = float(sel.area[j]), bool(sel.sufficient[j])
                 if step > 0:
                     history["selected_area"][step - 1, i] = area
@@ -553,15 +620,19 @@ class MedCAM:
         with torch.no_grad():
             soft = masks_for(list(range(batch)))
         selection = None
+        order = self._order(f, x, soft, b, target)
+        if order is not None:
+            forward_images += 1
+            backward_images += 1
         if self.confidence == "soft" and self.select == "sufficient":
             with torch.no_grad():
                 soft_margin = losses.logit_margin(self._logits(f, soft * x + (1 - soft) * b), target)
             forward_images += 1
             need_soft = torch.maximum(need, soft_margin.clamp(max=_logit(self.keep_p)) - 1e-4)
-            selection = self._select(f, x, soft, b, r, target, need_soft, refine=_FINAL_REFINE)
+            selection = self._select(f, x, soft, b, r, target, need_soft, refine=_FINAL_REFINE, order=order)
         if selection is None or not bool(selection.sufficient.all()):
             # the image's confidence: the rule, or the fallback where no top-k is as convincing as the soft evidence
-            image = self._select(f, x, soft, b, r, target, need, refine=_FINAL_REFINE)
+            image = self._select(f, x, soft, b, r, target, need, refine=_FINAL_REFINE, order=order)
             selection = image if selection is None else prefer(selection, image)
         reasons = [p.reason for p in progress]
         for i in range(batch):
