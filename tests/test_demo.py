@@ -25,6 +25,10 @@ def test_case_line_says_when_the_model_is_wrong():
     right = case_summary(_record(2, 2, prob_x=0.8, prob_e=0.7, decision_kept=False, area_fraction=0.1), CLASSES)
     assert right.startswith("predicted 2 (ring lesion), label 2 (ring lesion): right") and "decision NOT kept" in right
     assert "wrong" not in right
+    # Med-CAM's whole-image answer says why it is the whole image
+    whole = case_summary(_record(0, 0, prob_x=0.86, prob_e=0.86, decision_kept=True, area_fraction=1.0, sufficient=False), CLASSES)
+    assert whole.endswith("mask 100.0% of the image; no mask smaller than the image keeps the decision, so the whole image is shown")
+    assert "no mask smaller" not in wrong
     unknown = case_summary(_record(0, None), CLASSES)
     assert unknown == "predicted 0 (no lesion); no label, so whether it is right is unknown"
     # records store a batch's label as a one-element list; segmentation records have no decision

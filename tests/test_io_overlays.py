@@ -95,6 +95,10 @@ def test_png_overlay_2d_mask_panels_title_and_contour(tmp_path):
     # the title says case, method, class by name, both probabilities and the decision
     assert figure.title.startswith("case7 | Med-CAM | ring (class 2)")
     assert "p(class | image) = 0.91" in figure.title and "p(class | evidence) = 0.83" in figure.title and "decision kept" in figure.title
+    assert "no smaller mask" not in figure.title
+    exp.scores = {**exp.scores, "sufficient": torch.tensor([False])}  # Med-CAM's whole-image answer says so
+    whole = compose_panels(_prepared(exp, ref), arr.T[None].astype(np.float32), labels=["none", "nodule", "ring"], case_name="case7")
+    assert "decision kept; no smaller mask keeps the decision" in whole.title
     image, tinted, evidence = figure.panels
     assert np.corrcoef(image.rgb[..., 0].ravel(), arr.ravel())[0, 1] > 0.99  # (a) the image as stored: rows are y
     expected = np.zeros((40, 30), bool)

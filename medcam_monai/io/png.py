@@ -226,6 +226,14 @@ def _score(scores: Mapping[str, Any], key: str, k: int = 0) -> float | None:
     return float(a[min(k, a.size - 1)]) if a.size else None
 
 
+def _flag(scores: Mapping[str, Any], key: str) -> bool | None:
+    """A per-case yes/no score (a tensor, array, list or bool; the first case), None when absent."""
+    value = scores.get(key)
+    if value is None:
+        return None
+    return bool(np.asarray(value.cpu() if hasattr(value, "cpu") else value).reshape(-1)[0])
+
+
 def _title(case: PreparedCase, channel: int, labels: Labels, case_name: str) -> str:
     from medcam_monai.registry import display_name
 
@@ -244,9 +252,11 @@ def _title(case: PreparedCase, channel: int, labels: Labels, case_name: str) -> 
         facts.append(f"p(class | image) = {p_x:.2f}")
     if p_e is not None:
         facts.append(f"p(class | evidence) = {p_e:.2f}" + (f" (binary mask {p_b:.2f})" if p_b is not None else ""))
-    kept = s.get("decision_kept")
+    kept = _flag(s, "decision_kept")
     if kept is not None:
-        facts.append("decision kept" if bool(np.asarray(kept.cpu() if hasattr(kept, "cpu") else kept).reshape(-1)[0]) else "decision NOT kept")
+        facts.append("decision kept" if kept else "decision NOT kept")
+    if _flag(s, "sufficient") is False:  # Med-CAM reports the whole image then
+        facts.append("no smaller mask keeps the decision")
     pixels = _score(s, "pixels", channel)
     if pixels is not None:
         what = (e.settings or {}).get("pixels", "pixel set")

@@ -21,13 +21,18 @@ def _name(class_names: Sequence[str] | None, index: int) -> str:
     return str(index)
 
 
+# Med-CAM reports the whole image where no smaller mask keeps the decision (its "sufficient" score)
+NO_SMALLER_MASK = "no mask smaller than the image keeps the decision, so the whole image is shown"
+
+
 def case_summary(record: Mapping[str, Any], class_names: Sequence[str] | None = None) -> str:
     """One line for a handler record: the decision, whether it is right, and what the explanation shows.
 
     Classifier records say ``predicted 2 (ring lesion), label 2 (ring lesion): right`` or, when the
     model is wrong, ``... : the model is wrong here; the explanation shows what it used``; records
     without a label say that correctness is unknown. Med-CAM adds the class's probability on the
-    image and on the evidence and the mask's area; segmentation CAMs the class and the pixel set.
+    image and on the evidence and the mask's area (and that no smaller mask keeps the decision,
+    where the whole image is reported); segmentation CAMs the class and the pixel set.
     """
     scores = record.get("scores") or {}
     target = record.get("target")
@@ -51,6 +56,8 @@ def case_summary(record: Mapping[str, Any], class_names: Sequence[str] | None = 
         kept = "decision kept" if scores.get("decision_kept") else "decision NOT kept"
         parts.append(f"p(image) {scores['prob_x']:.2f} -> p(evidence) {scores.get('prob_e', float('nan')):.2f}, {kept}, "
                      f"mask {scores.get('area_fraction', float('nan')):.1%} of the image")
+        if scores.get("sufficient") is False:
+            parts.append(NO_SMALLER_MASK)
     elif "pixels" in scores:
         pixels = scores["pixels"][0] if isinstance(scores["pixels"], list) else scores["pixels"]
         parts.append(f"over the {int(pixels):,} voxels predicted as the class")
