@@ -269,10 +269,20 @@ def evaluation_cases(model, family: str, n: int, device: str, decoy: float | Non
     return x[ok], truth[ok], y[ok], new_bg[ok], stats
 
 
+def marker_figures(m: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per case: the precision of binary masks ``m`` (their fraction inside the true marker dilated
+    by 2 px) and their area over the marker's."""
+    dilate = F.max_pool2d if m.ndim == 4 else F.max_pool3d
+    near = dilate(truth, 5, 1, 2)
+    precision = (m * near).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
+    return precision, m.flatten(1).sum(1) / truth.flatten(1).sum(1)
+
+
 def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    inter = (a * b).flatten(1).sum(1)
-    union = ((a + b) > 0).float().flatten(1).sum(1)
-    return inter / union.clamp_min(1)
+    """Per case: the IoU of two binary masks ``(B, 1, *spatial)`` (the evaluation's metric)."""
+    from medcam_monai.evaluation.metrics import iou as region_iou
+
+    return region_iou(a, b)[:, 0]
 
 
 def explain(explainer, model, x, truth, y, new_bg, batch: int) -> dict:
@@ -290,14 +300,13 @@ def explain(explainer, model, x, truth, y, new_bg, batch: int) -> dict:
             torch.cuda.synchronize()
         seconds += time.perf_counter() - start
         m = ex.map.to(x.device)
-        dilate = F.max_pool2d if x.ndim == 4 else F.max_pool3d
-        dilated = dilate(ts, 5, 1, 2)
+        precision, area_ratio = marker_figures(m, ts)
         with torch.no_grad():
             kept_new = model(m * xs + (1 - m) * bg).argmax(1) == y[s : s + batch]
             on_truth = ts * xs + (1 - ts) * make_fill(xs, "auto")  # the true marker on the defaults' fill
             p_truth = torch.softmax(model(on_truth), 1).gather(1, y[s : s + batch, None])[:, 0]
-        rows["precision"] += ((m * dilated).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)).tolist()
-        rows["area_ratio"] += (m.flatten(1).sum(1) / ts.flatten(1).sum(1)).tolist()
+        rows["precision"] += precision.tolist()
+        rows["area_ratio"] += area_ratio.tolist()
         rows["iou"] += iou(m, ts).tolist()
         rows["kept"] += ex.scores["decision_kept"].tolist()
         rows["kept_new"] += kept_new.tolist()
@@ -451,7 +460,7 @@ def main(argv=None) -> int:
         type=setting,
         default=[],
         metavar="KEY=VALUE",
-        help="MedCAM keywords replacing the defaults in every row (e.g. keep_over_background=true)",
+        help="MedCAM keywords replacing the defaults in every row (e.g. rank=soft, vectorise=false)",
     )
     args = parser.parse_args(argv)
     global SIZE_2D, EPOCHS

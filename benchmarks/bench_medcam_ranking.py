@@ -23,7 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -84,16 +83,13 @@ def main(argv=None) -> int:
         fill = make_fill(x, "auto")
         background = make_background(x, "constant", [torch.Generator() for _ in range(len(x))])
         with torch.no_grad():
-            need = logit_margin(model(x), y).clamp(max=math.log(0.99 / 0.01)) - 1e-4  # Med-CAM's keep_p
+            need = medcam._need(model(x), y)  # the log-odds Med-CAM's selection asks for
         s = soft.clone().requires_grad_(True)
         gain = torch.autograd.grad(logit_margin(model(s * x + (1 - s) * fill), y).sum(), s)[0]
-        dilate = F.max_pool3d if x.ndim == 5 else F.max_pool2d
-        near = dilate(truth, 5, 1, 2)
         for name, order in rankings(soft, gain).items():
             sel = smallest_sufficient(lambda t: model(t).detach(), x, soft, fill, background, y, need, refine=2, order=order)
             m = sel.binary
-            precision = (m * near).flatten(1).sum(1) / m.flatten(1).sum(1)
-            area = m.flatten(1).sum(1) / truth.flatten(1).sum(1)
+            precision, area = bench.marker_figures(m, truth)
             with torch.no_grad():
                 kept = (model(m * x + (1 - m) * new_bg).argmax(1) == y).float().mean()
             print(

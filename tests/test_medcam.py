@@ -216,7 +216,7 @@ def test_vectorised_unets_equal_the_loop_and_touch_only_the_active_cases():
     torch.manual_seed(0)
     unets = [BasicUNet(spatial_dims=2, in_channels=1, out_channels=1, features=(4, 4, 8, 8, 8, 4)).double() for _ in range(3)]
     x = torch.rand(3, 1, 32, 32, dtype=torch.float64)
-    each = _EachOnItsOwn(unets[0])
+    each = _EachOnItsOwn(unets[0], vectorise=True)
     looped = torch.cat([unets[i](x[i : i + 1]) for i in (0, 2)])
     vectorised = each(unets, [0, 2], x)
     assert torch.allclose(vectorised, looped, rtol=0, atol=1e-12)

@@ -76,13 +76,15 @@ class _EachOnItsOwn:
     parameters and a case that left the batch is not touched (its parameters get no gradient).
     """
 
-    def __init__(self, unet: nn.Module) -> None:
-        self.skeleton = copy.deepcopy(unet).to("meta")  # the U-Net's structure, without storage
+    def __init__(self, unet: nn.Module, vectorise: bool = True) -> None:
+        self.vectorise = vectorise
+        # the U-Net's structure without storage (only the vectorised call needs it)
+        self.skeleton = copy.deepcopy(unet).to("meta") if vectorise else None
         self.names = [n for n, _ in unet.named_parameters()]
         self.buffer_names = [n for n, _ in unet.named_buffers()]
 
-    def __call__(self, unets: Sequence[nn.Module], idx: Sequence[int], x: torch.Tensor, vectorise: bool = True) -> torch.Tensor:
-        if not vectorise or len(idx) == 1:
+    def __call__(self, unets: Sequence[nn.Module], idx: Sequence[int], x: torch.Tensor) -> torch.Tensor:
+        if not self.vectorise or len(idx) == 1:
             return torch.cat([unets[i](x[i : i + 1]) for i in idx])
         params = [dict(unets[i].named_parameters()) for i in idx]
         buffers = [dict(unets[i].named_buffers()) for i in idx]
@@ -423,15 +425,16 @@ class MedCAM:
         terms["margin"] = losses.logit_margin(logits_e, target).detach()
         return terms
 
-    def _order(self, f, x, soft, b, target) -> torch.Tensor | None:
-        """The ranking of ``select="sufficient"`` (None: by the soft mask); costs one pass with backward."""
+    def _order(self, f, x, soft, b, target) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The ranking of ``select="sufficient"`` (None: by the soft mask; costs one pass with
+        backward) and the soft evidence's log-odds of the target that pass gave (None without it)."""
         if self.select != "sufficient" or self.rank == "soft":
-            return None
+            return None, None
         with torch.enable_grad():
             s = soft.detach().requires_grad_(True)
             margin = losses.logit_margin(self._logits(f, s * x + (1 - s) * b), target)
             gain = torch.autograd.grad(margin.sum(), s)[0]
-        return relevance_order(soft.detach(), gain)
+        return relevance_order(soft.detach(), gain), margin.detach()
 
     def _select(self, f, x, soft, b, r, target, need, refine: int, order=None) -> Selection:
         logits_of = lambda t: self._logits(f, t)  # noqa: E731
@@ -532,8 +535,8 @@ class MedCAM:
         x_unet, to_mask = self._unet_input(x)
         unets = [self._new_unet(x.ndim - 2, x.shape[1], device, self.warm_start) for _ in range(batch)]
         self._last_unets = unets
-        each_on_its_own = _EachOnItsOwn(unets[0])
         vectorise = device.type != "cpu" if self.vectorise is None else self.vectorise
+        each_on_its_own = _EachOnItsOwn(unets[0], vectorise)
         optimiser = torch.optim.Adam([p for u in unets for p in u.parameters()], lr=self.lr)
         warm = self.warm_start is not None
         rule = self.early_stopping
@@ -551,14 +554,14 @@ class MedCAM:
 
         def masks_for(idx):
             with self._autocast(device):
-                out = each_on_its_own(unets, idx, x_unet, vectorise)
+                out = each_on_its_own(unets, idx, x_unet)
             return to_mask(out)
 
         def check(idx, step):
             """The selection and the stopping judgement for cases ``idx`` after ``step`` steps."""
             with torch.no_grad():
                 soft = masks_for(idx)
-            order = self._order(f, x[idx], soft, b[idx], target[idx])
+            order, _ = self._order(f, x[idx], soft, b[idx], target[idx])
             sel = self._select(f, x[idx], soft, b[idx], r[idx], target[idx], need[idx], refine=0, order=order)
             thresholded_area = (soft > self.threshold).reshape(len(idx), -1).float().mean(1).cpu()
             still = []
@@ -620,14 +623,15 @@ class MedCAM:
         with torch.no_grad():
             soft = masks_for(list(range(batch)))
         selection = None
-        order = self._order(f, x, soft, b, target)
+        order, soft_margin = self._order(f, x, soft, b, target)
         if order is not None:
             forward_images += 1
             backward_images += 1
         if self.confidence == "soft" and self.select == "sufficient":
-            with torch.no_grad():
-                soft_margin = losses.logit_margin(self._logits(f, soft * x + (1 - soft) * b), target)
-            forward_images += 1
+            if soft_margin is None:  # rank="soft": no ranking pass gave it
+                with torch.no_grad():
+                    soft_margin = losses.logit_margin(self._logits(f, soft * x + (1 - soft) * b), target)
+                forward_images += 1
             need_soft = torch.maximum(need, soft_margin.clamp(max=_logit(self.keep_p)) - 1e-4)
             selection = self._select(f, x, soft, b, r, target, need_soft, refine=_FINAL_REFINE, order=order)
         if selection is None or not bool(selection.sufficient.all()):
