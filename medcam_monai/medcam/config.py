@@ -67,7 +67,7 @@ class EarlyStopping:
     """When a case's mask is done, and why it is not.
 
     Every ``check_every`` steps from ``min_steps`` on, the explainer selects the case's smallest
-    sufficient mask (the smallest top-k of the soft mask that keeps the decision). The case is
+    sufficient mask (the smallest top-k of the ranked pixels that keeps the decision). The case is
     *converged* when all of these hold:
 
     - a mask smaller than the whole image is sufficient;

@@ -5,7 +5,7 @@ For each image ``x`` a small U-Net ``g`` (MONAI's ``BasicUNet``) is trained so t
 while covering as little as possible (:class:`~medcam_monai.medcam.config.LossWeights`). ``b`` is
 the evidence fill (:mod:`~medcam_monai.medcam.fills`): the paper's zero where zero is in
 distribution, else a blurred copy of the image. The reported binary mask is the smallest top-k of
-``m`` that keeps the decision (:mod:`~medcam_monai.medcam.selection`), and a case stops when that
+``m``'s pixels that keeps the decision (ranked by ``m``, those the classifier does not read last) (:mod:`~medcam_monai.medcam.selection`), and a case stops when that
 mask no longer shrinks and the optimisation has nothing left to shrink
 (:class:`~medcam_monai.medcam.config.EarlyStopping`), with its reason.
 
@@ -133,8 +133,8 @@ class MedCAM:
             the soft evidence to it, and a selected mask must reach ``min(p(x), keep_p)`` on the fill
             (a mask that only just keeps the argmax was measured not to keep the decision over new
             backgrounds: 88% against 100% with 0.99 on DenseNet121).
-        select: ``"sufficient"`` (default: the smallest top-k of the soft mask that keeps the
-            decision) or ``"threshold"`` (the paper's ``m > threshold``).
+        select: ``"sufficient"`` (default: the smallest top-k of the pixels, in ``rank``'s order,
+            that keeps the decision) or ``"threshold"`` (the paper's ``m > threshold``).
         rank: how ``select="sufficient"`` orders the pixels of its top-k: ``"relevance"`` (default:
             by the soft mask, the pixels the classifier does not read last, judged by the
             gradient of the target's log-odds on the soft evidence; one more classifier pass with
@@ -168,10 +168,10 @@ class MedCAM:
             or the path of a file written by :meth:`save_unet` (an amortised U-Net of :meth:`fit`).
         refine_steps: steps per case from a fitted or warm-started U-Net before its first check; a
             case whose selected mask is sufficient then stops, the others continue under
-            ``early_stopping`` up to ``steps``. With the fitted U-Net at full resolution, 5 steps
-            gave median precision 1.00 (ResNet-18, DenseNet121) as per-image training, at a fifth
-            to a tenth of the time; MobileNet-V2 0.69 against 1.00 (CPU, 12 and 6 cases,
-            docs/benchmarks.md).
+            ``early_stopping`` up to ``steps``. With the fitted U-Net at full resolution, 10 steps
+            gave median precision 1.00 on ResNet-18, DenseNet121 and MobileNet-V2, as per-image
+            training; after 5 steps MobileNet-V2's masks were sufficient but not yet refined
+            (precision 0.69, area 1.6x the marker; CPU, 12, 12 and 6 cases, docs/benchmarks.md).
         amp: ``"bf16"`` to run the classifier and the U-Net under bfloat16 autocast (losses in fp32),
             or None for fp32.
         vectorise: run the batch's U-Nets as one vectorised call (``torch.func.vmap``) instead of
@@ -215,7 +215,7 @@ class MedCAM:
         unet_features: Sequence[int] = (8, 8, 16, 32, 64, 8),
         early_stopping: EarlyStopping | None = EarlyStopping(),
         warm_start: dict | str | Path | None = None,
-        refine_steps: int = 5,
+        refine_steps: int = 10,
         amp: str | None = None,
         vectorise: bool | None = None,
         post_relu: bool = True,
@@ -643,7 +643,7 @@ class MedCAM:
             if not bool(selection.sufficient[i]):
                 reasons[i] += (
                     "; no sufficient mask smaller than the whole image: the decision is lost on every top-k of "
-                    "the soft mask, so the whole image is reported"
+                    f"the pixels ranked by rank={self.rank!r}, so the whole image is reported"
                 )
         return {
             "soft": soft,
