@@ -124,3 +124,19 @@ def test_a_randomised_classifier_changes_the_mask(per_image, cases):
     inter = (trained * randomised.map).flatten(1).sum(1)
     union = ((trained + randomised.map) > 0).float().flatten(1).sum(1)
     assert float((inter / union.clamp_min(1)).max()) < 0.5, inter / union
+
+
+def test_a_case_the_warm_start_leaves_insufficient_restarts_as_per_image_training(saturated, cases, per_image):
+    # a warm start whose mask is empty everywhere (sigmoid(-30)): after its refinement steps most
+    # cases have no sufficient top-k, and such a case must then get exactly the per-image answer, 10
+    # steps later (continuing from the warm U-Net took a 3D case 290 steps against about 45)
+    empty = MedCAM(saturated)._new_unet(2, 1, torch.device("cpu"), None).state_dict()
+    empty["final_conv.bias"] = torch.full_like(empty["final_conv.bias"], -30.0)
+    ex = MedCAM(saturated, warm_start=empty)(cases[0])
+    restarted = [i for i, r in enumerate(ex.stop_reason) if r.startswith("restarted per image after 10 refinement steps")]
+    assert len(restarted) >= 3, ex.stop_reason
+    for i in restarted:
+        assert torch.equal(ex.map[i], per_image.map[i])
+        assert torch.allclose(ex.soft_map[i], per_image.soft_map[i], atol=1e-6)
+        assert int(ex.steps[i]) == int(per_image.steps[i]) + 10
+        assert per_image.stop_reason[i] in ex.stop_reason[i]

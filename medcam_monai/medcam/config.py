@@ -86,7 +86,8 @@ class EarlyStopping:
 
     A U-Net fitted across a data set (``MedCAM.fit``) or given as ``warm_start`` is checked first
     after ``MedCAM.refine_steps`` steps; the case stops there if its selected mask is sufficient, else
-    it continues under this rule.
+    it restarts from the per-image start (a fresh U-Net and optimiser state) and continues under this
+    rule as if it had begun there.
     """
 
     min_steps: int = 20

@@ -167,8 +167,9 @@ class MedCAM:
         warm_start: a U-Net to start every case from: a ``state_dict`` (e.g. :meth:`unet_state`),
             or the path of a file written by :meth:`save_unet` (an amortised U-Net of :meth:`fit`).
         refine_steps: steps per case from a fitted or warm-started U-Net before its first check; a
-            case whose selected mask is sufficient then stops, the others continue under
-            ``early_stopping`` up to ``steps``. With the fitted U-Net at full resolution, 10 steps
+            case whose selected mask is sufficient then stops; the others restart as per-image
+            training (a fresh U-Net and optimiser state: the answer of per-image training at this
+            explainer's ``mask_scale``, ``refine_steps`` steps later, within ``steps``). With the fitted U-Net at full resolution, 10 steps
             gave median precision 1.00 on ResNet-18, DenseNet121 and MobileNet-V2, as per-image
             training; after 5 steps MobileNet-V2's masks were sufficient but not yet refined
             (precision 0.69, area 1.6x the marker; CPU, 12, 12 and 6 cases, docs/benchmarks.md).
@@ -539,6 +540,11 @@ class MedCAM:
         each_on_its_own = _EachOnItsOwn(unets[0], vectorise)
         optimiser = torch.optim.Adam([p for u in unets for p in u.parameters()], lr=self.lr)
         warm = self.warm_start is not None
+        # a case whose warm-started mask is not sufficient after refine_steps restarts from the
+        # per-image start: continuing from the fitted U-Net took a 3D case 290 steps where per-image
+        # training takes about 45 (docs/benchmarks.md)
+        fresh = self._new_unet(x.ndim - 2, x.shape[1], device, None).state_dict() if warm else None
+        restarted: dict[int, int] = {}  # case -> the step it restarted at
         rule = self.early_stopping
         budget = self.steps
         first_check = self.refine_steps if warm else (rule.min_steps if rule is not None else budget + 1)
@@ -581,6 +587,20 @@ class MedCAM:
                         f"{area:.2%} of the image"
                     )
                     progress[i].converged = True
+                    continue
+                if warm and step == self.refine_steps:
+                    # per-image training from here on, as if the case had started now (same U-Net
+                    # start, fresh Adam moments, the same check schedule relative to the restart)
+                    with torch.no_grad():
+                        unets[i].load_state_dict(fresh)
+                    for p in unets[i].parameters():
+                        optimiser.state.pop(p, None)
+                    progress[i] = CaseProgress(rule, budget)
+                    restarted[i] = step
+                    still.append(i)
+                    continue
+                if i in restarted and step - restarted[i] < rule.min_steps:
+                    still.append(i)
                     continue
                 recent = history["margin"][max(0, step - rule.check_every) : step, i]
                 margin = float(recent.nanmean()) if step > 0 else float("nan")
@@ -639,6 +659,11 @@ class MedCAM:
             image = self._select(f, x, soft, b, r, target, need, refine=_FINAL_REFINE, order=order)
             selection = image if selection is None else prefer(selection, image)
         reasons = [p.reason for p in progress]
+        for i, at in restarted.items():
+            reasons[i] = (
+                f"restarted per image after {at} refinement steps of the warm-started U-Net gave no sufficient "
+                f"mask; {reasons[i]}"
+            )
         for i in range(batch):
             if not bool(selection.sufficient[i]):
                 reasons[i] += (
