@@ -62,6 +62,8 @@ SIZE_2D = 64
 EPOCHS: int | None = None
 # Med-CAM settings that replace the defaults in every row (``--medcam KEY=VALUE``)
 MEDCAM_KW: dict = {}
+# timm.create_model keywords added to every timm family's (``--timm KEY=VALUE``, e.g. global_pool=max)
+TIMM_KW: dict = {}
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,7 @@ def build(family: str) -> torch.nn.Module:
             pretrained=False,
             num_classes=CLASSES,
             in_chans=recipe.channels,
-            **recipe.timm_kwargs,
+            **{**recipe.timm_kwargs, **TIMM_KW},
         )
         if recipe.reset_head:
             model.reset_classifier(CLASSES)
@@ -182,7 +184,8 @@ def trained(family: str, smoothing: float, train: int, cache: Path, device: str)
     recipe = FAMILIES[family]
     epochs = EPOCHS or recipe.epochs
     grid = "" if recipe.spatial_dims == 3 or SIZE_2D == 64 else f"_s{SIZE_2D}"
-    path = cache / f"{family}_ls{smoothing:g}_n{train}{grid}{'' if EPOCHS is None else f'_e{EPOCHS}'}.pt"
+    extra = "".join(f"_{k}-{v}" for k, v in TIMM_KW.items()) if recipe.spec.startswith("timm:") else ""
+    path = cache / f"{family}_ls{smoothing:g}_n{train}{grid}{'' if EPOCHS is None else f'_e{EPOCHS}'}{extra}.pt"
     torch.manual_seed(0)
     model = build(family)
     start = time.perf_counter()
@@ -422,10 +425,10 @@ def run_family(family: str, args) -> list[dict]:
 
 
 def setting(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` of ``--medcam``; the value is read as JSON where it is (numbers, true/false)."""
+    """``KEY=VALUE`` of ``--medcam`` and ``--timm``; the value is read as JSON where it is (numbers, true/false)."""
     key, sep, value = text.partition("=")
     if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"--medcam takes KEY=VALUE (a MedCAM keyword), got {text!r}")
+        raise argparse.ArgumentTypeError(f"--medcam and --timm take KEY=VALUE (a keyword), got {text!r}")
     try:
         return key, json.loads(value)
     except json.JSONDecodeError:
@@ -468,10 +471,19 @@ def main(argv=None) -> int:
         metavar="KEY=VALUE",
         help="MedCAM keywords replacing the defaults in every row (e.g. rank=soft, vectorise=false)",
     )
+    parser.add_argument(
+        "--timm",
+        nargs="*",
+        type=setting,
+        default=[],
+        metavar="KEY=VALUE",
+        help="timm.create_model keywords added to the timm families' (e.g. global_pool=max, patch_size=2)",
+    )
     args = parser.parse_args(argv)
     global SIZE_2D, EPOCHS
     SIZE_2D, EPOCHS = args.size, args.epochs
     MEDCAM_KW.update(dict(args.medcam))
+    TIMM_KW.update(dict(args.timm))
     torch.set_num_threads(args.threads)
     rows = []
     for family in args.families:

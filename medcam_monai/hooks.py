@@ -117,22 +117,70 @@ def output_shapes(model: nn.Module, x: torch.Tensor) -> tuple[list[tuple[str, tu
     return fired, out
 
 
+def _tokens_reaching_output(model: nn.Module, x: torch.Tensor, names: Sequence[str]) -> list[str]:
+    """Those of the token layers ``names`` (outputs ``(B, N, D)``) whose tokens after the first reach
+    the network's output (a nonzero gradient), in ``names``' order.
+
+    One forward and one ``torch.autograd.grad`` call on a copy of ``x``: no parameter's ``.grad`` is
+    written and the hooks are removed afterwards.
+    """
+    modules = dict(model.named_modules())
+    outputs: dict[str, torch.Tensor] = {}
+    handles = []
+    for name in names:
+
+        def hook(module, inputs, output, name=name):
+            if isinstance(output, torch.Tensor):
+                outputs[name] = output
+
+        handles.append(modules[name].register_forward_hook(hook))
+    try:
+        with torch.enable_grad():
+            out = _first_tensor(model(x.detach().clone().requires_grad_(True)))
+            found = [n for n in names if n in outputs and outputs[n].requires_grad]
+            if not found or not out.requires_grad:
+                return []
+            grads = torch.autograd.grad(out.float().sum(), [outputs[n] for n in found], allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+    return [n for n, g in zip(found, grads, strict=True) if g is not None and bool(g[:, 1:].abs().sum() > 0)]
+
+
 def deepest_layer(model: nn.Module, x: torch.Tensor) -> str:
-    """The deepest feature layer: the last-run layer with the smallest spatial output.
+    """The deepest feature layer: the last-run layer with the smallest spatial output, or for a
+    transformer the last token layer whose patch tokens still reach the output.
 
     A feature map has the input's number of dims (``(B, C, *spatial)``) with at least one spatial
     axis longer than 1; an output of the network output's shape (a segmentation head on the input
-    grid) is not one. For transformers (no such output) the last ``(B, N, D)`` token output with
-    ``N > 1`` is taken. One forward pass of ``x`` (without gradients) is run to find it.
+    grid) is not one. Token outputs ``(B, N, D)`` with ``N > 1`` that run after the last feature map
+    (a ViT: its patch embedding, then the blocks) are deeper: the last of them whose tokens after
+    the first get a gradient from the output is taken. For a class-token ViT that is the last
+    block's first norm (its attention reads it into the class token; the block's own output tokens
+    do not reach the decision), as pytorch-grad-cam's recipe; the patch embedding, the smallest
+    feature map, would be the shallowest layer of the network. One forward pass of ``x`` without
+    gradients finds the layers, and one with gradients on a copy of ``x`` (no parameter gradients
+    are written) where tokens follow.
     """
     model = unwrap_model(model)
     fired, out = output_shapes(model, x)
     out_shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
-    spatial = [(n, s) for n, s in fired if len(s) == x.ndim and max(s[2:]) > 1 and s != out_shape]
+    is_map = [len(s) == x.ndim and max(s[2:]) > 1 and s != out_shape for _, s in fired]
+    token_at = [i for i, (_, s) in enumerate(fired) if len(s) == 3 and s[1] > 1]
+    tokens: list[str] = []
+    if token_at:
+        # the residual stream: token outputs of the last one's shape (not a block's qkv or MLP width)
+        stream = fired[token_at[-1]][1]
+        at = [i for i in token_at if fired[i][1] == stream]
+        if not any(is_map[at[-1] :]):  # no feature map after the tokens (else a conv decoder follows: UNETR)
+            tokens = list(dict.fromkeys(fired[i][0] for i in at))
+            reaching = _tokens_reaching_output(model, x, tokens)
+            if reaching:
+                return reaching[-1]
+    spatial = [(n, s) for (n, s), m in zip(fired, is_map, strict=True) if m]
     if spatial:
         smallest = min(torch.Size(s[2:]).numel() for _, s in spatial)
         return [n for n, s in spatial if torch.Size(s[2:]).numel() == smallest][-1]
-    tokens = [n for n, s in fired if len(s) == 3 and s[1] > 1]
     if tokens:
         return tokens[-1]
     raise ValueError(

@@ -50,6 +50,8 @@ def test_tokens_to_grid_row_major_and_class_token():
     torch.testing.assert_close(tokens_to_grid(tokens, (6, 8)), grid)
     with_cls = torch.cat([torch.zeros(1, 1, 2), tokens], 1)
     torch.testing.assert_close(tokens_to_grid(with_cls, (6, 8)), grid)
+    with_registers = torch.cat([torch.full((1, 5, 2), -1.0), tokens], 1)  # a class token and 4 registers (timm *_reg4)
+    torch.testing.assert_close(tokens_to_grid(with_registers, (6, 8)), grid)
     with pytest.raises(ValueError, match="Cannot place 7 tokens"):
         tokens_to_grid(torch.zeros(1, 7, 2), (6, 8))
 
@@ -86,3 +88,35 @@ def test_layer_errors_and_the_network_is_left_as_found():
         SegHiResGradCAM(model, layer="table")(x, target=1)
     assert_unchanged(model, before)
     assert model.training
+
+
+def _vits():
+    import timm
+    from monai.networks.nets import ViT
+
+    def timm_vit(**kw):
+        return lambda: timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32, **kw)
+
+    # a class-token ViT's last block's output tokens never reach the decision (only the class token
+    # does, through a per-token norm); the last block's first norm feeds its attention
+    yield "timm-cls", timm_vit(), "blocks.11.norm1"
+    yield "timm-registers", timm_vit(reg_tokens=4), "blocks.11.norm1"
+    yield "timm-avg", timm_vit(global_pool="avg"), "norm"  # average-pooled: every final token counts
+    yield "monai-vit", lambda: ViT(3, (32, 32), (16, 16), spatial_dims=2, hidden_size=24, mlp_dim=48, num_heads=2, classification=True, num_classes=3), "blocks.11.norm1"
+
+
+@pytest.mark.parametrize("make,expected", [v[1:] for v in _vits()], ids=[v[0] for v in _vits()])
+def test_a_vits_default_layer_is_its_deepest_tokens_that_reach_the_decision_not_its_patch_embedding(make, expected):
+    from medcam_monai.cam import GradCAM
+
+    torch.manual_seed(0)
+    net = make().eval()
+    x = torch.rand(1, 3, 32, 32)
+    before = snapshot(net)
+    assert default_layer(net, x) == expected  # was the patch embedding's conv, the shallowest layer
+    assert_unchanged(net, before)
+    assert all(p.grad is None for p in net.parameters())
+    e = GradCAM(net)(x, target=0)
+    assert e.settings["layer"] == expected
+    assert e.layer_map.shape[2:] == (2, 2)  # 4 tokens of 16 px patches, reshaped to the grid
+    assert float(e.layer_map.abs().max()) > 0  # a layer whose tokens reach the decision gives a map

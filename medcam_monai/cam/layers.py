@@ -17,7 +17,9 @@ SwinUNETR      ``encoder10``                                 the conv block on t
 ============== ============================================= ===========================================
 
 Other networks fall back to :func:`~medcam_monai.hooks.deepest_layer`: the last-run layer with the
-smallest spatial output that is not the network's output (tokens when no spatial output exists).
+smallest spatial output that is not the network's output; for a ViT (tokens after its patch
+embedding) the last token layer whose patch tokens reach the decision (a class-token ViT:
+``blocks.<last>.norm1``).
 """
 
 from __future__ import annotations
@@ -76,30 +78,32 @@ def default_layer(model: nn.Module, x: torch.Tensor | None = None) -> str:
     return deepest_layer(model, x)
 
 
+# leading tokens that are not patches: a class token, timm's register tokens (4 in its *_reg4 ViTs)
+MAX_PREFIX_TOKENS = 8
+
+
 def tokens_to_grid(tokens: torch.Tensor, input_spatial: Sequence[int]) -> torch.Tensor:
     """Reshape transformer tokens ``(B, N, D)`` to a feature map ``(B, D, *grid)``.
 
-    The grid is the input divided by an isotropic patch size ``p`` (``N == prod(input // p)``); a
-    leading class token (``N == prod + 1``) is dropped. Token order is row-major over the grid, as in
-    MONAI's ``PatchEmbeddingBlock`` and timm's ViTs.
+    The grid is the input divided by an isotropic patch size ``p`` (``N == prod(input // p)``), the
+    finest such grid; up to :data:`MAX_PREFIX_TOKENS` leading tokens (a class token, timm's register
+    tokens) are dropped. Token order is row-major over the grid, as in MONAI's
+    ``PatchEmbeddingBlock`` and timm's ViTs.
     """
     n_tokens = tokens.shape[1]
     for p in range(1, max(input_spatial) + 1):
         if any(s % p for s in input_spatial):
             continue
         grid = [s // p for s in input_spatial]
-        size = torch.Size(grid).numel()
-        if size == n_tokens:
-            body = tokens
-        elif size + 1 == n_tokens:
-            body = tokens[:, 1:]
-        else:
+        prefix = n_tokens - torch.Size(grid).numel()
+        if not 0 <= prefix <= MAX_PREFIX_TOKENS:
             continue
+        body = tokens[:, prefix:]
         return body.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
     raise ValueError(
         f"Cannot place {n_tokens} tokens on a grid for an input of spatial size {tuple(input_spatial)}: "
-        f"no isotropic patch size divides it into {n_tokens} (or {n_tokens - 1} plus a class token) "
-        f"patches. Choose a convolutional layer instead."
+        f"no isotropic patch size divides it into {n_tokens} patches, or fewer after at most "
+        f"{MAX_PREFIX_TOKENS} class or register tokens. Choose a convolutional layer instead."
     )
 
 

@@ -110,7 +110,8 @@ class MedCAM:
             ``training`` flags, ``requires_grad`` flags and hooks are as before, also on errors.
         layer: the ``named_modules()`` name (or a list of names) whose post-ReLU outputs (feature
             maps, or a transformer's tokens) are matched between ``x`` and ``e`` when
-            ``weights.act > 0``. Default: the deepest layer with a spatial (or token) output.
+            ``weights.act > 0``. Default: :func:`~medcam_monai.hooks.deepest_layer` (the smallest
+            feature map; for a ViT its deepest tokens that reach the decision).
         layer_weights: ``alpha_l`` per layer (default 1 each).
         distance: ``"mse"`` or ``"cosine"`` for activation matching.
         weights: a :class:`LossWeights`, a preset name (``"bach"`` 10:100:10, ``"ham10000"``
