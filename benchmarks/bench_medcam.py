@@ -318,7 +318,7 @@ def explain(explainer, model, x, truth, y, new_bg, batch: int) -> dict:
         rows["p_e"] += ex.scores["prob_e"].tolist()
         rows["p_e_soft"] += ex.scores["prob_e_soft"].tolist()
         rows["p_truth"] += p_truth.tolist()
-        rows["reason"] += [r.split(":")[0] for r in ex.stop_reason]
+        rows["reason"] += ["restarted" if r.startswith("restarted") else r.split(":")[0] for r in ex.stop_reason]
         maps.append(m)
     n = len(rows["steps"])
     return {
