@@ -5,8 +5,9 @@ For each image ``x`` a small U-Net ``g`` (MONAI's ``BasicUNet``) is trained so t
 while covering as little as possible (:class:`~medcam_monai.medcam.config.LossWeights`). ``b`` is
 the evidence fill (:mod:`~medcam_monai.medcam.fills`): the paper's zero where zero is in
 distribution, else a blurred copy of the image. The reported binary mask is the smallest top-k of
-``m``'s pixels that keeps the decision (ranked by ``m``, those the classifier does not read last) (:mod:`~medcam_monai.medcam.selection`), and a case stops when that
-mask no longer shrinks and the optimisation has nothing left to shrink
+``m``'s pixels that keeps the decision (ranked by ``m``, those the classifier does not read last;
+:mod:`~medcam_monai.medcam.selection`), and a case stops when that mask no longer shrinks and the
+optimisation has nothing left to shrink
 (:class:`~medcam_monai.medcam.config.EarlyStopping`), with its reason.
 
 Batches are explained together: each case has its own U-Net (the same seeded initial weights as
@@ -170,9 +171,9 @@ class MedCAM:
         refine_steps: steps per case from a fitted or warm-started U-Net before its first check; a
             case whose selected mask is sufficient then stops; the others restart as per-image
             training (a fresh U-Net and optimiser state: the answer of per-image training at this
-            explainer's ``mask_scale``, ``refine_steps`` steps later, within ``steps``). With the fitted U-Net at full resolution, 10 steps
-            gave median precision 1.00 on ResNet-18, DenseNet121 and MobileNet-V2, as per-image
-            training; after 5 steps MobileNet-V2's masks were sufficient but not yet refined
+            explainer's ``mask_scale``, ``refine_steps`` steps later, within ``steps``). With the
+            fitted U-Net at full resolution, 10 steps gave median precision 1.00 on ResNet-18,
+            DenseNet121 and MobileNet-V2, as per-image training; after 5 steps MobileNet-V2's masks were sufficient but not yet refined
             (precision 0.69, area 1.6x the marker; CPU, 12, 12 and 6 cases, docs/benchmarks.md).
         amp: ``"bf16"`` to run the classifier and the U-Net under bfloat16 autocast (losses in fp32),
             or None for fp32.
