@@ -135,7 +135,7 @@ def _tokens_reaching_output(model: nn.Module, x: torch.Tensor, names: Sequence[s
 
         handles.append(modules[name].register_forward_hook(hook))
     try:
-        with torch.enable_grad():
+        with gradients_enabled():  # also inside an evaluator's no_grad / inference_mode
             out = _first_tensor(model(x.detach().clone().requires_grad_(True)))
             found = [n for n in names if n in outputs and outputs[n].requires_grad]
             if not found or not out.requires_grad:

@@ -114,6 +114,8 @@ def test_a_vits_default_layer_is_its_deepest_tokens_that_reach_the_decision_not_
     x = torch.rand(1, 3, 32, 32)
     before = snapshot(net)
     assert default_layer(net, x) == expected  # was the patch embedding's conv, the shallowest layer
+    with torch.inference_mode():  # as inside a MONAI evaluator
+        assert default_layer(net, torch.rand(1, 3, 32, 32)) == expected
     assert_unchanged(net, before)
     assert all(p.grad is None for p in net.parameters())
     e = GradCAM(net)(x, target=0)
