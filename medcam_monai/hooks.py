@@ -124,26 +124,14 @@ def _tokens_reaching_output(model: nn.Module, x: torch.Tensor, names: Sequence[s
     One forward and one ``torch.autograd.grad`` call on a copy of ``x``: no parameter's ``.grad`` is
     written and the hooks are removed afterwards.
     """
-    modules = dict(model.named_modules())
-    outputs: dict[str, torch.Tensor] = {}
-    handles = []
-    for name in names:
-
-        def hook(module, inputs, output, name=name):
-            if isinstance(output, torch.Tensor):
-                outputs[name] = output
-
-        handles.append(modules[name].register_forward_hook(hook))
-    try:
-        with gradients_enabled():  # also inside an evaluator's no_grad / inference_mode
-            out = _first_tensor(model(x.detach().clone().requires_grad_(True)))
-            found = [n for n in names if n in outputs and outputs[n].requires_grad]
-            if not found or not out.requires_grad:
-                return []
-            grads = torch.autograd.grad(out.float().sum(), [outputs[n] for n in found], allow_unused=True)
-    finally:
-        for h in handles:
-            h.remove()
+    # also inside an evaluator's no_grad / inference_mode
+    with LayerRecorder(model, names) as recorder, gradients_enabled():
+        out = _first_tensor(model(x.detach().clone().requires_grad_(True)))
+        outputs = recorder.outputs
+        found = [n for n in names if n in outputs and outputs[n].requires_grad]
+        if not found or not out.requires_grad:
+            return []
+        grads = torch.autograd.grad(out.float().sum(), [outputs[n] for n in found], allow_unused=True)
     return [n for n, g in zip(found, grads, strict=True) if g is not None and bool(g[:, 1:].abs().sum() > 0)]
 
 
