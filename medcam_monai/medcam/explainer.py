@@ -173,8 +173,9 @@ class MedCAM:
             training (a fresh U-Net and optimiser state: the answer of per-image training at this
             explainer's ``mask_scale``, ``refine_steps`` steps later, within ``steps``). With the
             fitted U-Net at full resolution, 10 steps gave median precision 1.00 on ResNet-18,
-            DenseNet121 and MobileNet-V2, as per-image training; after 5 steps MobileNet-V2's masks were sufficient but not yet refined
-            (precision 0.69, area 1.6x the marker; CPU, 12, 12 and 6 cases, docs/benchmarks.md).
+            DenseNet121 and MobileNet-V2, as per-image training; after 5 steps MobileNet-V2's masks
+            were sufficient but not yet refined (precision 0.69, area 1.6x the marker; CPU, 12, 12
+            and 6 cases, docs/benchmarks.md).
         amp: ``"bf16"`` to run the classifier and the U-Net under bfloat16 autocast (losses in fp32),
             or None for fp32.
         vectorise: run the batch's U-Nets as one vectorised call (``torch.func.vmap``) instead of
