@@ -140,3 +140,33 @@ def test_a_case_the_warm_start_leaves_insufficient_restarts_as_per_image_trainin
         assert torch.allclose(ex.soft_map[i], per_image.soft_map[i], atol=1e-6)
         assert int(ex.steps[i]) == int(per_image.steps[i]) + 10
         assert per_image.stop_reason[i] in ex.stop_reason[i]
+
+
+def test_the_final_selection_resumes_the_check_a_case_stopped_at(saturated, cases, per_image):
+    # a case stops at an early-stopping check, after which its U-Net does not change: the final
+    # selection reuses that check's ranking and area search (one classifier pass with backward and
+    # ~6 probes less per case) and only refines between the last insufficient and the found area
+    import math
+
+    from medcam_monai.medcam import losses
+    from medcam_monai.medcam.selection import relevance_order, smallest_sufficient
+    from medcam_monai.perturbation import make_background
+
+    x, _truth, _y = cases
+    ex = per_image
+    checks = torch.isfinite(ex.history["selected_area"]).sum(0)
+    assert all(r.startswith("converged") for r in ex.stop_reason)
+    # per step e and the robustness image with a backward, one ranking pass per check, none at the end
+    assert ex.scores["backward_images"].tolist() == (2 * ex.steps + checks).tolist()
+    # known answer: the selection computed afresh from the reported soft masks
+    target = ex.target[:, 0]
+    b = make_fill(x, "blur")
+    r = make_background(x, "constant", [torch.Generator().manual_seed(1) for _ in range(len(x))])
+    with torch.no_grad():
+        need = losses.logit_margin(saturated(x), target).clamp(max=math.log(0.99 / 0.01)) - 1e-4
+    soft = ex.soft_map.detach().clone().requires_grad_(True)
+    gain = torch.autograd.grad(losses.logit_margin(saturated(soft * x + (1 - soft) * b), target).sum(), soft)[0]
+    afresh = smallest_sufficient(
+        lambda t: saturated(t).detach(), x, ex.soft_map, b, r, target, need, refine=2, order=relevance_order(ex.soft_map, gain)
+    )
+    assert torch.equal(ex.map, afresh.binary)

@@ -174,3 +174,22 @@ def test_stopping_binding_decision_converges_and_lost_decision_lowers_minimality
     for _ in range(4):
         assert not lost.check(1.0, False, -8.0, 2.2, 0.0)
     assert lost.scale == 1 / 8 and "loses the decision" in lost.reason and "no sufficient mask" in lost.reason
+
+
+def test_a_bracket_resumes_the_search_with_its_refinement_only():
+    x, soft = case()
+    target, need, zeros = torch.tensor([0]), torch.tensor([math.log(0.9 / 0.1)]), torch.zeros_like(x)
+    coarse = smallest_sufficient(region_classifier, x, soft, zeros, zeros, target, need)
+    assert (int(coarse.low[0]), int(coarse.counts[0])) == (8, 12)  # the grid areas around the minimum (10)
+    full = smallest_sufficient(region_classifier, x, soft, zeros, zeros, target, need, refine=2)
+    resumed = smallest_sufficient(
+        region_classifier, x, soft, zeros, zeros, target, need, refine=2, bracket=(torch.tensor([True]), coarse.counts, coarse.low)
+    )
+    assert torch.equal(resumed.binary, full.binary) and int(resumed.counts[0]) == 10
+    # only the refinement's probes (on the fill and over the background: 2 rounds x 2)
+    assert int(resumed.probes[0]) == 4 and int(full.probes[0]) == int(coarse.probes[0]) + 4
+    # a case not known in the bracket is searched as before
+    unknown = smallest_sufficient(
+        region_classifier, x, soft, zeros, zeros, target, need, refine=2, bracket=(torch.tensor([False]), coarse.counts, coarse.low)
+    )
+    assert torch.equal(unknown.binary, full.binary) and torch.equal(unknown.probes, full.probes)

@@ -28,6 +28,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +97,18 @@ class _EachOnItsOwn:
             return functional_call(self.skeleton, weights, (image[None],))[0]
 
         return vmap(one)(state, x[list(idx)])
+
+
+class _Checked(NamedTuple):
+    """What the early-stopping check a case stopped at found: its soft mask ``(1, *spatial)``, the
+    ranking and the soft evidence's log-odds (None with ``rank="soft"``), the selected pixel
+    count and the largest count found insufficient below it."""
+
+    soft: torch.Tensor
+    order: torch.Tensor | None
+    margin: torch.Tensor | None
+    counts: torch.Tensor
+    low: torch.Tensor
 
 
 class MaskedInputError(RuntimeError):
@@ -440,11 +453,32 @@ class MedCAM:
             gain = torch.autograd.grad(margin.sum(), s)[0]
         return relevance_order(soft.detach(), gain), margin.detach()
 
-    def _select(self, f, x, soft, b, r, target, need, refine: int, order=None) -> Selection:
+    def _final_order(self, f, x, soft, b, target, stopped: dict) -> tuple:
+        """:meth:`_order` for the final selection, and the bracket of ``smallest_sufficient`` that
+        resumes the checks the cases in ``stopped`` stopped at (their soft masks, rankings and
+        searched areas are still valid: their U-Nets did not change since)."""
+        if self.select != "sufficient":
+            return None, None, None
+        todo = [i for i in range(len(x)) if i not in stopped]
+        known = torch.tensor([i in stopped for i in range(len(x))])
+        counts = torch.tensor([int(stopped[i].counts) if i in stopped else 0 for i in range(len(x))])
+        low = torch.tensor([int(stopped[i].low) if i in stopped else 0 for i in range(len(x))])
+        bracket = (known, counts, low)
+        if self.rank == "soft":
+            return None, None, bracket
+        order = torch.empty_like(soft)
+        margin = torch.empty(len(x), device=x.device)
+        if todo:
+            order[todo], margin[todo] = self._order(f, x[todo], soft[todo], b[todo], target[todo])
+        for i, checked in stopped.items():
+            order[i], margin[i] = checked.order, checked.margin
+        return order, margin, bracket
+
+    def _select(self, f, x, soft, b, r, target, need, refine: int, order=None, bracket=None) -> Selection:
         logits_of = lambda t: self._logits(f, t)  # noqa: E731
         if self.select == "threshold":
             return thresholded(logits_of, x, soft, b, r, target, need, self.threshold)
-        return smallest_sufficient(logits_of, x, soft, b, r, target, need, self.threshold, refine, AREA_GRID, order)
+        return smallest_sufficient(logits_of, x, soft, b, r, target, need, self.threshold, refine, AREA_GRID, order, bracket)
 
     # -- main ---------------------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, target: TargetSpec = None) -> Explanation:
@@ -548,6 +582,7 @@ class MedCAM:
         # training takes about 45 (docs/benchmarks.md)
         fresh = self._new_unet(x.ndim - 2, x.shape[1], device, None).state_dict() if warm else None
         restarted: dict[int, int] = {}  # case -> the step it restarted at
+        stopped: dict[int, _Checked] = {}  # case -> the check it stopped at
         rule = self.early_stopping
         budget = self.steps
         first_check = self.refine_steps if warm else (rule.min_steps if rule is not None else budget + 1)
@@ -570,10 +605,17 @@ class MedCAM:
             """The selection and the stopping judgement for cases ``idx`` after ``step`` steps."""
             with torch.no_grad():
                 soft = masks_for(idx)
-            order, _ = self._order(f, x[idx], soft, b[idx], target[idx])
+            order, margins = self._order(f, x[idx], soft, b[idx], target[idx])
             sel = self._select(f, x[idx], soft, b[idx], r[idx], target[idx], need[idx], refine=0, order=order)
             thresholded_area = (soft > self.threshold).reshape(len(idx), -1).float().mean(1).cpu()
             still = []
+
+            def stop(j: int, i: int) -> None:
+                # the case's U-Net does not change after this check: the final selection resumes it
+                stopped[i] = _Checked(
+                    soft[j], None if order is None else order[j], None if margins is None else margins[j], sel.counts[j], sel.low[j]
+                )
+
             for j, i in enumerate(idx):
                 forward_images[i] += int(sel.probes[j]) + (order is not None)
                 backward_images[i] += order is not None
@@ -590,6 +632,7 @@ class MedCAM:
                         f"{area:.2%} of the image"
                     )
                     progress[i].converged = True
+                    stop(j, i)
                     continue
                 if warm and step == self.refine_steps:
                     # per-image training from here on, as if the case had started now (same U-Net
@@ -608,6 +651,7 @@ class MedCAM:
                 recent = history["margin"][max(0, step - rule.check_every) : step, i]
                 margin = float(recent.nanmean()) if step > 0 else float("nan")
                 if progress[i].check(area, ok, margin, float(need[i]), float(thresholded_area[j])):
+                    stop(j, i)
                     continue
                 still.append(i)
             return still
@@ -645,11 +689,14 @@ class MedCAM:
         run_steps = int(steps.max())
         with torch.no_grad():
             soft = masks_for(list(range(batch)))
+        for i, checked in stopped.items():
+            soft[i] = checked.soft
         selection = None
-        order, soft_margin = self._order(f, x, soft, b, target)
+        order, soft_margin, bracket = self._final_order(f, x, soft, b, target, stopped)
+        todo = [i for i in range(batch) if i not in stopped]
         if order is not None:
-            forward_images += 1
-            backward_images += 1
+            forward_images[todo] += 1
+            backward_images[todo] += 1
         if self.confidence == "soft" and self.select == "sufficient":
             if soft_margin is None:  # rank="soft": no ranking pass gave it
                 with torch.no_grad():
@@ -659,7 +706,7 @@ class MedCAM:
             selection = self._select(f, x, soft, b, r, target, need_soft, refine=_FINAL_REFINE, order=order)
         if selection is None or not bool(selection.sufficient.all()):
             # the image's confidence: the rule, or the fallback where no top-k is as convincing as the soft evidence
-            image = self._select(f, x, soft, b, r, target, need, refine=_FINAL_REFINE, order=order)
+            image = self._select(f, x, soft, b, r, target, need, refine=_FINAL_REFINE, order=order, bracket=bracket)
             selection = image if selection is None else prefer(selection, image)
         reasons = [p.reason for p in progress]
         for i, at in restarted.items():

@@ -31,10 +31,21 @@ Logits = Callable[[torch.Tensor], torch.Tensor]
 
 class Selection:
     """The selected binary masks ``(K, 1, *spatial)``, their pixel counts ``(K,)``, whether each is
-    sufficient and smaller than the whole image ``(K,)``, and the classifier images it took."""
+    sufficient and smaller than the whole image ``(K,)``, the classifier images it took, and the
+    largest pixel count known not to be sufficient below each selected one ``(K,)``, 0 where none
+    is known (with ``counts``, the bracket a later refinement resumes from: ``bracket`` of
+    :func:`smallest_sufficient`)."""
 
-    def __init__(self, binary: torch.Tensor, counts: torch.Tensor, sufficient: torch.Tensor, probes: torch.Tensor):
+    def __init__(
+        self,
+        binary: torch.Tensor,
+        counts: torch.Tensor,
+        sufficient: torch.Tensor,
+        probes: torch.Tensor,
+        low: torch.Tensor | None = None,
+    ):
         self.binary, self.counts, self.sufficient, self.probes = binary, counts, sufficient, probes
+        self.low = torch.zeros_like(counts) if low is None else low
 
     @property
     def area(self) -> torch.Tensor:
@@ -96,6 +107,7 @@ def smallest_sufficient(
     refine: int = 0,
     grid=AREA_GRID,
     order: torch.Tensor | None = None,
+    bracket: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> Selection:
     """The smallest sufficient top-k per case, pixels ranked by ``order`` (default ``soft``).
 
@@ -109,6 +121,10 @@ def smallest_sufficient(
         grid: candidate areas (fractions of the image).
         order: ``(K, 1, *spatial)`` ranking scores, highest first (e.g. :func:`relevance_order`);
             the soft mask's thresholded area stays a candidate.
+        bracket: ``(known, counts, low)``, each ``(K,)``: where ``known``, the grid search already
+            ran on the same ``soft``, ``order`` and ``need`` (``counts`` and ``low`` of its
+            :class:`Selection`) and only the ``refine`` rounds run. Med-CAM's final selection
+            resumes the last early-stopping check's this way: one search per mask, not two.
     """
     k, shape = x.shape[0], x.shape[2:]
     flat = soft.reshape(k, -1).float()
@@ -132,6 +148,10 @@ def smallest_sufficient(
     # bisection along the grid on the fill (the whole image, the last candidate, is not probed)
     lo = torch.zeros(k, dtype=torch.long, device=x.device)
     hi = torch.full((k,), last, dtype=torch.long, device=x.device)
+    known = torch.zeros(k, dtype=torch.bool, device=x.device)
+    if bracket is not None:
+        known = bracket[0].to(x.device).bool()
+        lo = torch.where(known, hi, lo)  # nothing left to search on the grid
     while bool((lo < hi).any()):
         rows = torch.nonzero(lo < hi).flatten()
         mid = (lo[rows] + hi[rows]) // 2
@@ -139,7 +159,7 @@ def smallest_sufficient(
         hi[rows] = torch.where(ok, mid, hi[rows])
         lo[rows] = torch.where(ok, lo[rows], mid + 1)
     # the robustness background is checked once, on the found area, moving up the grid until it holds
-    pending = torch.nonzero(hi < last).flatten()
+    pending = torch.nonzero((hi < last) & ~known).flatten()
     while len(pending):
         ok = probe(pending, cands[pending, hi[pending]], r)
         hi[pending[~ok]] += 1
@@ -147,6 +167,9 @@ def smallest_sufficient(
     counts = cands.gather(1, hi[:, None])[:, 0]
     # refine between the last insufficient candidate and the found one, on both backgrounds
     low = torch.where(hi > 0, cands.gather(1, (hi - 1).clamp_min(0)[:, None])[:, 0], torch.zeros_like(counts))
+    if bracket is not None:
+        counts = torch.where(known, bracket[1].to(counts), counts)
+        low = torch.where(known, bracket[2].to(low), low)
     for _ in range(refine):
         rows = torch.nonzero((counts - low > 1) & (counts < n)).flatten()
         if not len(rows):
@@ -155,7 +178,7 @@ def smallest_sufficient(
         ok = probe(rows, mid, b) & probe(rows, mid, r)
         counts[rows] = torch.where(ok, mid, counts[rows])
         low[rows] = torch.where(ok, low[rows], mid)
-    return Selection(_top(ranks, counts, shape), counts.cpu(), (counts < n).cpu(), probes)
+    return Selection(_top(ranks, counts, shape), counts.cpu(), (counts < n).cpu(), probes, low.cpu())
 
 
 @torch.no_grad()
@@ -188,4 +211,5 @@ def prefer(first: Selection, fallback: Selection) -> Selection:
         torch.where(first.sufficient, first.counts, fallback.counts),
         first.sufficient | fallback.sufficient,
         first.probes + fallback.probes,
+        torch.where(first.sufficient, first.low, fallback.low),
     )
