@@ -28,7 +28,10 @@ Med-CAM's DEFAULT settings (every family alike):
 Printed per row: cases, decisions kept (on the fill and over the robustness background, as the
 explainer reports; and over a new background), median precision (fraction of the mask inside the
 true marker dilated by 2 px), median area / true area, median IoU, mean steps, median p(x) and
-p(e), p(target) on the soft evidence of the U-Net and on the true evidence, seconds per image (cases explained ``--batch`` at a time), and the reasons the cases stopped.
+p(e), p(target) on the soft evidence of the U-Net and on the true evidence, seconds per image (cases
+explained ``--batch`` at a time), the classifier images forwarded per case (of them with a backward
+pass) and what those passes alone take per case (their floor: the classifier's pass times measured
+on a batch of ``--batch`` cases), and the reasons the cases stopped.
 
 Usage::
 
@@ -288,6 +291,41 @@ def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return region_iou(a, b)[:, 0]
 
 
+def pass_seconds(model, x: torch.Tensor, repeats: int = 3) -> tuple[float, float]:
+    """Seconds per image of the frozen classifier's forward pass, and of a forward pass with the
+    backward to the input (Med-CAM's step and ranking pass), on a batch like ``x``; the best of
+    ``repeats`` after one warm-up."""
+    params = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)  # as inside the explainer (hooks.frozen): no parameter gradients
+
+    def best(run) -> float:
+        times = []
+        for i in range(repeats + 1):
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            run()
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            if i:
+                times.append(time.perf_counter() - start)
+        return min(times) / len(x)
+
+    def forward_backward() -> None:
+        xi = x.detach().clone().requires_grad_(True)
+        model(xi).sum().backward()
+
+    try:
+        with torch.no_grad():
+            t_forward = best(lambda: model(x))
+        t_backward = best(forward_backward)
+    finally:
+        for p, flag in zip(model.parameters(), params, strict=True):
+            p.requires_grad_(flag)
+    return t_forward, t_backward
+
+
 def explain(explainer, model, x, truth, y, new_bg, batch: int) -> dict:
     """Run ``explainer`` over the cases ``batch`` at a time; the row's figures."""
     from medcam_monai.medcam import make_fill
@@ -319,8 +357,12 @@ def explain(explainer, model, x, truth, y, new_bg, batch: int) -> dict:
         rows["p_e_soft"] += ex.scores["prob_e_soft"].tolist()
         rows["p_truth"] += p_truth.tolist()
         rows["reason"] += ["restarted" if r.startswith("restarted") else r.split(":")[0] for r in ex.stop_reason]
+        rows["forward_images"] += ex.scores["forward_images"].tolist()
+        rows["backward_images"] += ex.scores["backward_images"].tolist()
         maps.append(m)
     n = len(rows["steps"])
+    forwards, backwards = sum(rows["forward_images"]) / n, sum(rows["backward_images"]) / n
+    t_forward, t_backward = pass_seconds(model, x[:batch])
     return {
         "cases": n,
         "kept": sum(rows["kept"]) / n,
@@ -336,6 +378,10 @@ def explain(explainer, model, x, truth, y, new_bg, batch: int) -> dict:
         "p_truth": statistics.median(rows["p_truth"]),
         "p_e_above_p_x": sum(e > x for e, x in zip(rows["p_e"], rows["p_x"], strict=True)) / n,
         "s_per_image": seconds / n,
+        "forward_images": forwards,
+        "backward_images": backwards,
+        # what the classifier's passes alone take per case, at the batch size the explainer used
+        "classifier_floor_s": backwards * t_backward + (forwards - backwards) * t_forward,
         "reasons": dict(collections.Counter(rows["reason"])),
         "_maps": torch.cat(maps),
     }
@@ -493,7 +539,7 @@ def main(argv=None) -> int:
     print()
     header = (
         "| family | row | cases | kept (fill+rob / new bg) | precision | area/true (max) | IoU | steps | p(x) -> p(e) "
-        "| p(e) > p(x) | p(soft e) | p(true e) | s/image | stopped |"
+        "| p(e) > p(x) | p(soft e) | p(true e) | s/image | classifier passes fwd (bwd) | their floor s/image | stopped |"
     )
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
@@ -506,7 +552,8 @@ def main(argv=None) -> int:
             f"| {r['family']} | {r['row']}{extra} | {r['cases']} | {r['kept']:.0%} / {r['kept_new']:.0%} | {r['precision']:.2f} | "
             f"{r['area_ratio']:.2f} ({r['area_ratio_max']:.1f}) | {r['iou']:.2f} | {r['steps']:.0f} | {r['p_x']:.4f} -> {r['p_e']:.4f} | "
             f"{r['p_e_above_p_x']:.0%} | {r['p_e_soft']:.4f} | {r['p_truth']:.4f} | "
-            f"{r['s_per_image']:.2f} | {', '.join(f'{k} {v}' for k, v in r['reasons'].items())} |"
+            f"{r['s_per_image']:.2f} | {r['forward_images']:.0f} ({r['backward_images']:.0f}) | {r['classifier_floor_s']:.2f} | "
+            f"{', '.join(f'{k} {v}' for k, v in r['reasons'].items())} |"
         )
     print(f"\ndevice: {args.device}, torch threads: {torch.get_num_threads()}, python {sys.version.split()[0]}, torch {torch.__version__}")
     if args.json:
