@@ -453,13 +453,13 @@ class MedCAM:
             gain = torch.autograd.grad(margin.sum(), s)[0]
         return relevance_order(soft.detach(), gain), margin.detach()
 
-    def _final_order(self, f, x, soft, b, target, stopped: dict) -> tuple:
+    def _final_order(self, f, x, soft, b, target, stopped: dict, todo: list[int]) -> tuple:
         """:meth:`_order` for the final selection, and the bracket of ``smallest_sufficient`` that
         resumes the checks the cases in ``stopped`` stopped at (their soft masks, rankings and
-        searched areas are still valid: their U-Nets did not change since)."""
+        searched areas are still valid: their U-Nets did not change since); only the cases
+        ``todo`` (the others) get a ranking pass."""
         if self.select != "sufficient":
             return None, None, None
-        todo = [i for i in range(len(x)) if i not in stopped]
         known = torch.tensor([i in stopped for i in range(len(x))])
         counts = torch.tensor([int(stopped[i].counts) if i in stopped else 0 for i in range(len(x))])
         low = torch.tensor([int(stopped[i].low) if i in stopped else 0 for i in range(len(x))])
@@ -687,13 +687,16 @@ class MedCAM:
                 backward_images[i] += 2
         bar.close()
         run_steps = int(steps.max())
-        with torch.no_grad():
-            soft = masks_for(list(range(batch)))
+        # a case that stopped at a check keeps that check's soft mask (its U-Net did not change)
+        todo = [i for i in range(batch) if i not in stopped]
+        soft = torch.empty(batch, 1, *x.shape[2:], device=device)
+        if todo:
+            with torch.no_grad():
+                soft[todo] = masks_for(todo)
         for i, checked in stopped.items():
             soft[i] = checked.soft
         selection = None
-        order, soft_margin, bracket = self._final_order(f, x, soft, b, target, stopped)
-        todo = [i for i in range(batch) if i not in stopped]
+        order, soft_margin, bracket = self._final_order(f, x, soft, b, target, stopped, todo)
         if order is not None:
             forward_images[todo] += 1
             backward_images[todo] += 1
